@@ -1,0 +1,175 @@
+"""Clusterra settings, read from environment variables (see docs/configuration.md).
+
+The embedded default (nothing set) runs on one machine: SQLite and recordings under the data directory,
+an in-memory channel layer, local accounts. Production sets a database URL, Redis, and a secret key.
+"""
+
+import secrets
+from pathlib import Path
+
+import dj_database_url
+from django.core.exceptions import ImproperlyConfigured
+
+from clusterra.env import env_bool, env_int, env_list, env_path, env_secret, env_str
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+DATA_DIR = env_path("CLUSTERRA_DATA_DIR", BASE_DIR / "data")
+DEBUG = env_bool("CLUSTERRA_DEBUG", False)
+
+
+def _embedded_secret_key() -> str:
+    """A random key kept in the data directory, so the embedded default needs no configuration."""
+    key_file = DATA_DIR / "secret_key"
+    if key_file.exists():
+        return key_file.read_text().strip()
+    DATA_DIR.mkdir(parents=True, exist_ok=True)
+    key = secrets.token_urlsafe(50)
+    key_file.touch(mode=0o600)
+    key_file.write_text(key)
+    return key
+
+
+SECRET_KEY = env_secret("CLUSTERRA_SECRET_KEY") or _embedded_secret_key()
+if len(SECRET_KEY) < 32:
+    raise ImproperlyConfigured("CLUSTERRA_SECRET_KEY must be at least 32 characters long")
+
+ALLOWED_HOSTS = env_list("CLUSTERRA_ALLOWED_HOSTS", ["127.0.0.1", "localhost"])
+# Extra origins allowed for CSRF and for the terminal WebSocket (scheme://host[:port]).
+TRUSTED_ORIGINS = env_list("CLUSTERRA_TRUSTED_ORIGINS", [])
+for _origin in TRUSTED_ORIGINS:
+    if not _origin.startswith(("http://", "https://")):
+        raise ImproperlyConfigured(f"CLUSTERRA_TRUSTED_ORIGINS entries need a scheme, got {_origin!r}")
+CSRF_TRUSTED_ORIGINS = TRUSTED_ORIGINS
+
+INSTALLED_APPS = [
+    "daphne",
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "channels",
+    "accounts",
+    "clusters",
+    "terminal",
+    "jobs",
+    "audit",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "clusterra.urls"
+ASGI_APPLICATION = "clusterra.asgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+_database_url = env_str("CLUSTERRA_DATABASE_URL", f"sqlite:///{DATA_DIR / 'clusterra.sqlite3'}")
+try:
+    DATABASES = {"default": dj_database_url.parse(_database_url, conn_max_age=0)}
+except Exception as exc:  # dj_database_url raises several types for a bad URL
+    raise ImproperlyConfigured(f"CLUSTERRA_DATABASE_URL is not a valid database URL: {exc}") from None
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    # WAL lets the terminal's short writes and page reads proceed side by side.
+    DATABASES["default"]["OPTIONS"] = {"init_command": "PRAGMA journal_mode=WAL;", "timeout": 20}
+    DATA_DIR.mkdir(parents=True, exist_ok=True)
+
+AUTH_USER_MODEL = "accounts.User"
+AUTHENTICATION_BACKENDS = [
+    # OIDC (its own issue) adds its backend here; local accounts stay for the embedded default.
+    "django.contrib.auth.backends.ModelBackend",
+]
+LOGIN_URL = "accounts:login"
+LOGIN_REDIRECT_URL = "home"
+LOGOUT_REDIRECT_URL = "accounts:login"
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator", "OPTIONS": {"min_length": 10}},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+]
+
+SESSION_COOKIE_HTTPONLY = True
+SESSION_COOKIE_SAMESITE = "Lax"
+SESSION_COOKIE_SECURE = env_bool("CLUSTERRA_SECURE_COOKIES", False)
+CSRF_COOKIE_SECURE = SESSION_COOKIE_SECURE
+SESSION_COOKIE_AGE = env_int("CLUSTERRA_SESSION_AGE", 12 * 3600, minimum=300)
+X_FRAME_OPTIONS = "DENY"
+SECURE_CONTENT_TYPE_NOSNIFF = True
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = False
+USE_TZ = True
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+STATIC_URL = "static/"
+STATIC_ROOT = env_path("CLUSTERRA_STATIC_ROOT", DATA_DIR / "static")
+_XTERM = BASE_DIR / "node_modules" / "@xterm"
+STATICFILES_DIRS = [
+    BASE_DIR / "static",
+    # Front-end packages pinned by package.json / package-lock.json (`npm ci`), served as our own files.
+    ("vendor/xterm", _XTERM / "xterm" / "lib"),
+    ("vendor/xterm", _XTERM / "xterm" / "css"),
+    ("vendor/addon-fit", _XTERM / "addon-fit" / "lib"),
+    ("vendor/addon-web-links", _XTERM / "addon-web-links" / "lib"),
+    ("vendor/addon-search", _XTERM / "addon-search" / "lib"),
+    ("vendor/addon-webgl", _XTERM / "addon-webgl" / "lib"),
+]
+# Serve straight from the finders, so the embedded default needs no collectstatic step.
+WHITENOISE_USE_FINDERS = True
+
+_redis_url = env_str("CLUSTERRA_REDIS_URL")
+if _redis_url:
+    CHANNEL_LAYERS = {
+        "default": {"BACKEND": "channels_redis.core.RedisChannelLayer", "CONFIG": {"hosts": [_redis_url]}}
+    }
+else:
+    # One process only: revocation reaches the sessions of this process. Production sets Redis.
+    CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+
+# --- Terminal ---------------------------------------------------------------------------------
+RECORDINGS_DIR = env_path("CLUSTERRA_RECORDINGS_DIR", DATA_DIR / "recordings")
+TERMINAL_MIN_UID = env_int("CLUSTERRA_TERMINAL_MIN_UID", 1000, minimum=1)
+TERMINAL_HIGH_WATERMARK = env_int("CLUSTERRA_TERMINAL_HIGH_WATERMARK", 512 * 1024, minimum=64 * 1024)
+TERMINAL_LOW_WATERMARK = env_int("CLUSTERRA_TERMINAL_LOW_WATERMARK", 128 * 1024, minimum=1)
+if TERMINAL_LOW_WATERMARK >= TERMINAL_HIGH_WATERMARK:
+    raise ImproperlyConfigured("CLUSTERRA_TERMINAL_LOW_WATERMARK must be below CLUSTERRA_TERMINAL_HIGH_WATERMARK")
+TERMINAL_COALESCE_MS = env_int("CLUSTERRA_TERMINAL_COALESCE_MS", 3, minimum=0, maximum=100)
+TERMINAL_COALESCE_BYTES = env_int("CLUSTERRA_TERMINAL_COALESCE_BYTES", 256 * 1024, minimum=4096)
+TERMINAL_MAX_FRAME = env_int("CLUSTERRA_TERMINAL_MAX_FRAME", 64 * 1024, minimum=1024)
+# Warn this many seconds before the idle timeout or the maximum duration ends a session.
+TERMINAL_WARNING_SECONDS = env_int("CLUSTERRA_TERMINAL_WARNING_SECONDS", 60, minimum=0)
+# PATH given to the user's login shell (their profile may extend it).
+TERMINAL_PATH = env_str("CLUSTERRA_TERMINAL_PATH", "/usr/local/bin:/usr/bin:/bin:/usr/local/sbin:/usr/sbin")
+TERMINAL_LANG = env_str("CLUSTERRA_TERMINAL_LANG", "C.UTF-8")
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": env_str("CLUSTERRA_LOG_LEVEL", "INFO")},
+    "loggers": {"django.channels.server": {"level": "WARNING"}},
+}

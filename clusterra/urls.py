@@ -1,0 +1,13 @@
+from django.contrib import admin
+from django.urls import include, path
+
+from clusters import views as cluster_views
+
+urlpatterns = [
+    path("", cluster_views.home, name="home"),
+    path("accounts/", include("accounts.urls")),
+    path("t/<slug:tenant_slug>/c/<slug:cluster_slug>/", include("clusters.urls")),
+    path("t/<slug:tenant_slug>/c/<slug:cluster_slug>/terminal/", include("terminal.urls")),
+    path("t/<slug:tenant_slug>/sessions/", include("terminal.admin_urls")),
+    path("admin/", admin.site.urls),
+]

@@ -1,0 +1,74 @@
+"""Clusters, their connection settings, and each user's POSIX account on them."""
+
+from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.core.validators import MinValueValidator, RegexValidator
+from django.db import models
+
+from accounts.models import Tenant, slug_validator
+from accounts.tenancy import scoped_queryset
+
+# POSIX portable user names as useradd accepts them by default; never a path, never an option.
+posix_username_validator = RegexValidator(
+    r"^[a-z_][a-z0-9_-]{0,31}$", "Use 1–32 characters: lowercase letters, digits, '_' and '-', not starting with a digit or '-'."
+)
+
+
+def validate_home_template(value: str):
+    if not value.startswith("/") or "{username}" not in value:
+        raise ValidationError("An absolute path containing {username}, such as /home/{username}.")
+
+
+class Cluster(models.Model):
+    """A Slurm cluster's head node and how to reach it."""
+
+    class Backend(models.TextChoices):
+        LOCAL = "local", "Local PTY (this machine)"
+        SSM = "ssm", "AWS SSM Session Manager"
+
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="clusters")
+    name = models.CharField(max_length=200)
+    slug = models.SlugField(max_length=50, validators=[slug_validator])
+    backend = models.CharField(max_length=16, choices=Backend.choices, default=Backend.LOCAL)
+    backend_settings = models.JSONField(default=dict, blank=True, help_text="Backend-specific settings (e.g. SSM instance and region).")
+    idle_timeout = models.PositiveIntegerField(default=20 * 60, validators=[MinValueValidator(1)], help_text="Seconds without input before a terminal session ends.")
+    max_session_duration = models.PositiveIntegerField(default=12 * 3600, validators=[MinValueValidator(1)], help_text="Seconds a terminal session may last at most.")
+    home_template = models.CharField(max_length=200, default="/home/{username}", validators=[validate_home_template])
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    objects = scoped_queryset("tenant").as_manager()
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["tenant", "slug"], name="cluster_slug_unique_in_tenant")]
+        ordering = ["tenant__name", "name"]
+
+    def __str__(self):
+        return self.name
+
+    def home_directory(self, posix_username: str) -> str:
+        return self.home_template.format(username=posix_username)
+
+
+class ClusterAccount(models.Model):
+    """A user's POSIX/Slurm identity on one cluster. Only `active` accounts may open sessions."""
+
+    class State(models.TextChoices):
+        ACTIVE = "active", "Active"
+        SUSPENDED = "suspended", "Suspended"
+        REVOKED = "revoked", "Revoked"
+
+    cluster = models.ForeignKey(Cluster, on_delete=models.CASCADE, related_name="accounts")
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="cluster_accounts")
+    posix_username = models.CharField(max_length=32, validators=[posix_username_validator])
+    uid = models.PositiveIntegerField()
+    state = models.CharField(max_length=16, choices=State.choices, default=State.ACTIVE)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    objects = scoped_queryset("cluster__tenant").as_manager()
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["cluster", "user"], name="one_account_per_user_and_cluster")]
+
+    def __str__(self):
+        return f"{self.posix_username}@{self.cluster.slug}"

@@ -1,0 +1,24 @@
+from django.contrib.auth.decorators import login_required
+from django.shortcuts import render
+
+from accounts.models import Membership
+from accounts.tenancy import get_visible_or_404
+from clusters.models import Cluster, ClusterAccount
+from terminal.models import TerminalSession
+
+
+@login_required
+def home(request):
+    memberships = Membership.objects.filter(user=request.user).select_related("tenant").order_by("tenant__name")
+    clusters = Cluster.objects.visible_to(request.user).select_related("tenant")
+    accounts = {a.cluster_id: a for a in ClusterAccount.objects.filter(user=request.user)}
+    rows = [{"cluster": c, "account": accounts.get(c.pk)} for c in clusters]
+    return render(request, "clusters/home.html", {"memberships": memberships, "rows": rows})
+
+
+@login_required
+def cluster_detail(request, tenant_slug, cluster_slug):
+    cluster = get_visible_or_404(Cluster.objects.select_related("tenant"), request.user, tenant__slug=tenant_slug, slug=cluster_slug)
+    account = ClusterAccount.objects.filter(cluster=cluster, user=request.user).first()
+    sessions = TerminalSession.objects.filter(cluster=cluster, user=request.user)[:20]
+    return render(request, "clusters/detail.html", {"cluster": cluster, "tenant": cluster.tenant, "account": account, "sessions": sessions})

@@ -1,0 +1,130 @@
+"""The write path for terminal sessions: open, attach, finish, revoke. Each writes its audit event.
+
+Views, consumers, admin actions and (later) offboarding call these; nothing else saves
+TerminalSession rows.
+"""
+
+import posixpath
+
+from asgiref.sync import async_to_sync
+from channels.layers import get_channel_layer
+from django.conf import settings
+from django.db.models import F
+from django.utils import timezone
+
+from audit.services import record_event
+from clusters.models import Cluster, ClusterAccount
+from terminal.models import TerminalSession
+
+MAX_PATH_LENGTH = 4096
+
+
+class TerminalRefused(Exception):
+    """The user may not open this session; the message is shown to them."""
+
+    def __init__(self, message: str, *, not_found: bool = False):
+        super().__init__(message)
+        self.not_found = not_found
+
+
+def user_group(user_id) -> str:
+    return f"terminal.user.{user_id}"
+
+
+def session_group(session_id) -> str:
+    return f"terminal.session.{session_id}"
+
+
+def clean_working_directory(raw: str | None) -> str | None:
+    """An absolute, normalised path or None. Whether the user may enter it is the shell's business."""
+    if raw is None or raw == "":
+        return None
+    if "\x00" in raw or len(raw) > MAX_PATH_LENGTH:
+        raise TerminalRefused("The working directory is not a valid path.")
+    if not raw.startswith("/"):
+        raise TerminalRefused("The working directory must be an absolute path.")
+    normalised = posixpath.normpath(raw)
+    if normalised.startswith("//"):
+        normalised = "/" + normalised.lstrip("/")
+    if normalised != raw.rstrip("/") and raw != "/":
+        raise TerminalRefused(f"The working directory must be a normalised path (did you mean {normalised}?).")
+    return normalised
+
+
+def check_mapping(account: ClusterAccount) -> None:
+    """Never root, never a system uid — whatever the database says."""
+    if account.posix_username == "root" or account.uid == 0 or account.uid < settings.TERMINAL_MIN_UID:
+        raise TerminalRefused(
+            f"Your account on this cluster maps to {account.posix_username!r} (uid {account.uid}), a system account: "
+            "terminals are never opened for those. Ask a tenant admin to fix the mapping."
+        )
+
+
+def open_terminal_session(*, user, tenant_slug: str, cluster_slug: str, working_directory: str | None,
+                          client_address: str | None, user_agent: str) -> TerminalSession:
+    cluster = (
+        Cluster.objects.visible_to(user).select_related("tenant").filter(tenant__slug=tenant_slug, slug=cluster_slug).first()
+    )
+    if cluster is None:
+        raise TerminalRefused("No such cluster.", not_found=True)
+    account = ClusterAccount.objects.filter(cluster=cluster, user=user).first()
+    if account is None or account.state != ClusterAccount.State.ACTIVE:
+        state = "no account" if account is None else f"a {account.state} account"
+        raise TerminalRefused(f"You have {state} on {cluster.name}; a tenant admin can give you access.")
+    check_mapping(account)
+    cwd = clean_working_directory(working_directory)
+    session = TerminalSession(
+        user=user, cluster=cluster, account=account, posix_username=account.posix_username,
+        backend=cluster.backend, working_directory=cwd or "", client_address=client_address,
+        user_agent=(user_agent or "")[:512],
+    )
+    now = timezone.now()
+    session.recording_path = f"{cluster.tenant.slug}/{now:%Y}/{now:%m}/{session.id}.cast"
+    session.save()
+    record_event(
+        "terminal.session.start", tenant=cluster.tenant, actor=user, target=session, client_address=client_address,
+        data={"cluster": cluster.slug, "posix_user": account.posix_username, "working_directory": cwd or ""},
+    )
+    return session
+
+
+def attach_backend_session(session: TerminalSession, backend_session_id: str) -> None:
+    TerminalSession.objects.filter(pk=session.pk).update(backend_session_id=backend_session_id)
+    session.backend_session_id = backend_session_id
+
+
+def finish_terminal_session(session: TerminalSession, *, reason: str, message: str = "", exit_code: int | None = None,
+                            bytes_in: int = 0, bytes_out: int = 0) -> bool:
+    """Mark the session ended (once; later calls change nothing) and audit it."""
+    updated = TerminalSession.objects.filter(pk=session.pk, ended_at__isnull=True).update(
+        ended_at=timezone.now(), end_reason=reason, end_message=message[:500], exit_code=exit_code,
+        bytes_in=F("bytes_in") + bytes_in, bytes_out=F("bytes_out") + bytes_out,
+    )
+    if updated:
+        record_event(
+            "terminal.session.end", tenant=session.cluster.tenant, actor=session.user, target=session,
+            data={"reason": reason, "message": message, "exit_code": exit_code, "bytes_in": bytes_in, "bytes_out": bytes_out},
+        )
+    return bool(updated)
+
+
+def revoke_terminal_sessions(*, actor, user=None, session: TerminalSession | None = None,
+                             message: str = "An administrator ended this session.") -> None:
+    """Tell every live consumer of `user` (or the one of `session`) to end now, with reason `revoked`."""
+    if (user is None) == (session is None):
+        raise ValueError("Give exactly one of user or session")
+    group = user_group(user.pk) if user is not None else session_group(session.pk)
+    async_to_sync(get_channel_layer().group_send)(group, {"type": "terminal.revoke", "message": message})
+    if session is not None:
+        tenant, target = session.cluster.tenant, session
+    else:
+        tenant, target = None, user
+    record_event("terminal.session.revoke", tenant=tenant, actor=actor, target=target, data={"message": message})
+
+
+def close_stale_sessions(message: str = "The server stopped while the session was open.") -> int:
+    """Finish rows left open by a server that died (run at start-up of a single-server deployment)."""
+    count = 0
+    for session in TerminalSession.objects.filter(ended_at__isnull=True).select_related("cluster__tenant", "user"):
+        count += finish_terminal_session(session, reason=TerminalSession.EndReason.SERVER_SHUTDOWN, message=message)
+    return count

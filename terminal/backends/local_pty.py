@@ -1,0 +1,267 @@
+"""Local PTY backend: a login shell on this machine as the mapped POSIX user.
+
+The shell runs under `setsid -c` so it gets its own session with the PTY as controlling terminal, as
+the user via `runuser` (portal runs as root) or `sudo -n` (portal runs as another user), or directly
+when the mapped user is the portal's own user. Its environment is rebuilt from nothing. When the
+session ends every process of that kernel session is signalled (SIGHUP, then SIGKILL), so nothing the
+user started in the foreground or background of that shell outlives it.
+"""
+
+import asyncio
+import fcntl
+import os
+import pwd
+import signal
+import struct
+import subprocess
+import termios
+import time
+
+from django.conf import settings
+
+from terminal.backends.base import BackendError, SessionBackend, ShellRequest
+
+CWD_FAILED_EXIT = 97
+# Runs as the user, so POSIX permissions decide whether the directory may be entered. The directory
+# is an argument ($1), never part of the script text.
+_ENTER_CWD_AND_EXEC = f'cd -- "$1" || exit {CWD_FAILED_EXIT}; exec "$SHELL" -l'
+_NO_LOGIN_SHELLS = {"nologin", "false"}
+READ_CHUNK = 64 * 1024
+MAX_PENDING_INPUT = 1024 * 1024
+KILL_GRACE_SECONDS = 1.0
+EARLY_EXIT_SECONDS = 1.0
+
+
+class AccessRefused(BackendError):
+    """The mapping points at an account the portal must never open a shell for."""
+
+
+def check_posix_account(username: str, expected_uid: int) -> pwd.struct_passwd:
+    """The system's own record is authoritative: never root, never below the minimum uid."""
+    try:
+        entry = pwd.getpwnam(username)
+    except KeyError:
+        raise BackendError(f"The POSIX user {username!r} does not exist on the head node.") from None
+    if entry.pw_uid == 0 or entry.pw_uid < settings.TERMINAL_MIN_UID:
+        raise AccessRefused(
+            f"The POSIX user {username!r} has uid {entry.pw_uid}, below the minimum of {settings.TERMINAL_MIN_UID}: "
+            "terminals are never opened for system accounts."
+        )
+    if entry.pw_uid != expected_uid:
+        raise AccessRefused(f"The POSIX user {username!r} has uid {entry.pw_uid} on the head node, but the mapping says {expected_uid}.")
+    if os.path.basename(entry.pw_shell or "") in _NO_LOGIN_SHELLS:
+        raise BackendError(f"The POSIX user {username!r} has no login shell ({entry.pw_shell}).")
+    return entry
+
+
+def session_pids(sid: int) -> list[int]:
+    """Live (non-zombie) processes of kernel session `sid`."""
+    pids = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat", "rb") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        # "pid (comm) state ppid pgrp session ..."; comm may hold spaces and parentheses.
+        fields = stat[stat.rindex(b")") + 2 :].split()
+        if int(fields[3]) == sid and fields[0] != b"Z":
+            pids.append(int(name))
+    return pids
+
+
+def _signal_all(pids: list[int], sig: int) -> None:
+    for pid in pids:
+        try:
+            os.kill(pid, sig)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+
+class LocalPtyBackend(SessionBackend):
+    name = "local"
+
+    def __init__(self, **callbacks):
+        super().__init__(**callbacks)
+        self._fd: int | None = None
+        self._pidfd: int | None = None
+        self._proc: subprocess.Popen | None = None
+        self._reading = False
+        self._pending_input = bytearray()
+        self._terminated = False
+        self._started_at = 0.0
+        self._typed = False
+        self._cwd: str | None = None
+
+    def _command(self, entry: pwd.struct_passwd, working_directory: str) -> list[str]:
+        shell = entry.pw_shell or "/bin/sh"
+        clean_env = [
+            "TERM=xterm-256color",
+            f"LANG={settings.TERMINAL_LANG}",
+            f"HOME={entry.pw_dir}",
+            f"USER={entry.pw_name}",
+            f"LOGNAME={entry.pw_name}",
+            f"SHELL={shell}",
+            f"PATH={settings.TERMINAL_PATH}",
+        ]
+        shell_argv = ["env", "-i", *clean_env, "/bin/sh", "-c", _ENTER_CWD_AND_EXEC, "sh", working_directory]
+        if os.geteuid() == entry.pw_uid:
+            switch_user = []
+        elif os.geteuid() == 0:
+            switch_user = ["runuser", "-u", entry.pw_name, "--"]
+        else:
+            switch_user = ["sudo", "-n", "-u", entry.pw_name, "--"]
+        return ["setsid", "-c", *switch_user, *shell_argv]
+
+    async def start(self, request: ShellRequest) -> None:
+        loop = asyncio.get_running_loop()
+        entry = check_posix_account(request.posix_username, request.expected_uid)
+        self.shell = entry.pw_shell or "/bin/sh"
+        self._cwd = request.working_directory
+        argv = self._command(entry, request.working_directory or entry.pw_dir)
+        master, slave = os.openpty()
+        fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", request.rows, request.cols, 0, 0))
+        try:
+            self._proc = subprocess.Popen(
+                argv, stdin=slave, stdout=slave, stderr=slave, cwd="/", close_fds=True,
+                env={"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"},
+            )
+        except OSError as exc:
+            os.close(master)
+            raise BackendError(f"Could not start the shell: {exc.strerror} ({argv[0]}).") from None
+        finally:
+            os.close(slave)
+        os.set_blocking(master, False)
+        self._fd = master
+        self._started_at = time.monotonic()
+        self.session_id = str(self._proc.pid)
+        self._pidfd = os.pidfd_open(self._proc.pid)
+        loop.add_reader(self._pidfd, self._on_leader_exit)
+        self.resume_reading()
+
+    # --- output -----------------------------------------------------------------------------
+    def pause_reading(self) -> None:
+        if self._reading:
+            asyncio.get_running_loop().remove_reader(self._fd)
+            self._reading = False
+
+    def resume_reading(self) -> None:
+        if not self._reading and not self._terminated and self._fd is not None:
+            asyncio.get_running_loop().add_reader(self._fd, self._on_readable)
+            self._reading = True
+
+    def _on_readable(self) -> None:
+        budget = self.read_budget()
+        if budget <= 0:
+            self.pause_reading()
+            return
+        try:
+            data = os.read(self._fd, min(budget, READ_CHUNK))
+        except BlockingIOError:
+            return
+        except OSError:  # EIO: every slave descriptor is closed; the leader's exit ends the session.
+            data = b""
+        if not data:
+            self.pause_reading()
+            return
+        self.on_output(data)
+
+    def _drain(self, limit: int = 256 * 1024) -> None:
+        """Read what the shell printed last, once it has exited (bounded)."""
+        while limit > 0 and self._fd is not None:
+            try:
+                data = os.read(self._fd, min(limit, READ_CHUNK))
+            except OSError:
+                return
+            if not data:
+                return
+            limit -= len(data)
+            self.on_output(data)
+
+    def _on_leader_exit(self) -> None:
+        loop = asyncio.get_running_loop()
+        loop.remove_reader(self._pidfd)
+        os.close(self._pidfd)
+        self._pidfd = None
+        code = self._proc.wait()
+        self.pause_reading()
+        self._drain()
+        message = None
+        if code == CWD_FAILED_EXIT and self._cwd:
+            message = f"Cannot enter the working directory {self._cwd}."
+        elif code != 0 and not self._typed and time.monotonic() - self._started_at < EARLY_EXIT_SECONDS:
+            message = f"The shell exited right after starting (exit code {code}); the output above may say why."
+        self.on_exit(code, message)
+
+    # --- input ------------------------------------------------------------------------------
+    def write(self, data: bytes) -> bool:
+        """Queue keystrokes for the shell. False if the shell is not keeping up (input dropped)."""
+        if self._fd is None or self._terminated:
+            return False
+        self._typed = True
+        if self._pending_input:
+            if len(self._pending_input) + len(data) > MAX_PENDING_INPUT:
+                return False
+            self._pending_input += data
+            return True
+        try:
+            written = os.write(self._fd, data)
+        except BlockingIOError:
+            written = 0
+        except OSError:
+            return False
+        if written < len(data):
+            self._pending_input += data[written:]
+            asyncio.get_running_loop().add_writer(self._fd, self._flush_input)
+        return True
+
+    def _flush_input(self) -> None:
+        try:
+            written = os.write(self._fd, self._pending_input)
+        except BlockingIOError:
+            return
+        except OSError:
+            written = len(self._pending_input)
+        del self._pending_input[:written]
+        if not self._pending_input:
+            asyncio.get_running_loop().remove_writer(self._fd)
+
+    def resize(self, cols: int, rows: int) -> None:
+        if self._fd is not None and not self._terminated:
+            fcntl.ioctl(self._fd, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
+
+    # --- end --------------------------------------------------------------------------------
+    async def terminate(self) -> None:
+        if self._terminated or self._proc is None:
+            return
+        self._terminated = True
+        loop = asyncio.get_running_loop()
+        if self._pidfd is not None:  # we end it ourselves: no on_exit callback any more
+            loop.remove_reader(self._pidfd)
+            os.close(self._pidfd)
+            self._pidfd = None
+        if self._reading:
+            loop.remove_reader(self._fd)
+            self._reading = False
+        if self._pending_input:
+            loop.remove_writer(self._fd)
+        sid = self._proc.pid
+        pids = session_pids(sid)
+        _signal_all(pids, signal.SIGHUP)
+        _signal_all(pids, signal.SIGCONT)  # a stopped job must wake up to see its SIGHUP
+        os.close(self._fd)  # hang up the terminal
+        self._fd = None
+        deadline = time.monotonic() + KILL_GRACE_SECONDS
+        while time.monotonic() < deadline:
+            if self._proc.poll() is not None and not session_pids(sid):
+                return
+            await asyncio.sleep(0.02)
+        _signal_all(session_pids(sid), signal.SIGKILL)
+        if self._proc.poll() is None:
+            _signal_all([sid], signal.SIGKILL)
+        for _ in range(50):
+            if self._proc.poll() is not None:
+                break
+            await asyncio.sleep(0.02)

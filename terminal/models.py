@@ -1,0 +1,50 @@
+"""Terminal sessions: one row per shell opened from the browser."""
+
+import uuid
+
+from django.conf import settings
+from django.db import models
+
+from accounts.tenancy import scoped_queryset
+
+
+class TerminalSession(models.Model):
+    class EndReason(models.TextChoices):
+        CLOSED = "closed", "Closed"
+        IDLE = "idle", "Idle timeout"
+        MAX_DURATION = "max_duration", "Maximum duration reached"
+        REVOKED = "revoked", "Revoked"
+        BACKEND_ERROR = "backend_error", "Backend error"
+        SERVER_SHUTDOWN = "server_shutdown", "Server shutdown"
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="terminal_sessions")
+    cluster = models.ForeignKey("clusters.Cluster", on_delete=models.PROTECT, related_name="terminal_sessions")
+    account = models.ForeignKey("clusters.ClusterAccount", on_delete=models.PROTECT, related_name="terminal_sessions")
+    posix_username = models.CharField(max_length=32, help_text="The POSIX user the shell ran as.")
+    backend = models.CharField(max_length=16)
+    backend_session_id = models.CharField(max_length=128, blank=True, help_text="PID of the local session leader, or the SSM session id.")
+    working_directory = models.CharField(max_length=4096, blank=True)
+    client_address = models.GenericIPAddressField(null=True, blank=True)
+    user_agent = models.CharField(max_length=512, blank=True)
+    started_at = models.DateTimeField(auto_now_add=True, db_index=True)
+    ended_at = models.DateTimeField(null=True, blank=True)
+    end_reason = models.CharField(max_length=32, choices=EndReason.choices, blank=True)
+    end_message = models.CharField(max_length=500, blank=True)
+    exit_code = models.IntegerField(null=True, blank=True)
+    bytes_in = models.BigIntegerField(default=0, help_text="Bytes typed or pasted by the user.")
+    bytes_out = models.BigIntegerField(default=0, help_text="Bytes of output sent to the browser.")
+    recording_path = models.CharField(max_length=500, blank=True, help_text="Relative to the recordings storage.")
+
+    objects = scoped_queryset("cluster__tenant").as_manager()
+
+    class Meta:
+        ordering = ["-started_at"]
+        indexes = [models.Index(fields=["ended_at"], name="terminal_session_live")]
+
+    def __str__(self):
+        return f"{self.posix_username}@{self.cluster_id} {self.started_at:%Y-%m-%d %H:%M}"
+
+    @property
+    def is_live(self) -> bool:
+        return self.ended_at is None

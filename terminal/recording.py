@@ -1,0 +1,53 @@
+"""asciicast v2 recordings of terminal output (https://docs.asciinema.org/manual/asciicast/v2/)."""
+
+import codecs
+import json
+import time
+from pathlib import Path
+
+from django.conf import settings
+
+
+class AsciicastRecorder:
+    """Writes one session's output to `<recordings dir>/<relative_path>`.
+
+    Called from the event loop on every OUTPUT frame, so it only appends to a buffered file; the
+    page cache absorbs it. Input is deliberately not recorded (passwords typed at prompts).
+    """
+
+    def __init__(self, relative_path: str, *, cols: int, rows: int, title: str, shell: str):
+        self.relative_path = relative_path
+        path = Path(settings.RECORDINGS_DIR) / relative_path
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self._file = open(path, "x", buffering=64 * 1024, encoding="utf-8")  # noqa: SIM115 (closed in close())
+        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self._started = time.monotonic()
+        header = {
+            "version": 2,
+            "width": cols,
+            "height": rows,
+            "timestamp": int(time.time()),
+            "env": {"TERM": "xterm-256color", "SHELL": shell},
+            "title": title,
+        }
+        self._file.write(json.dumps(header) + "\n")
+
+    def _event(self, kind: str, text: str):
+        elapsed = round(time.monotonic() - self._started, 6)
+        self._file.write(json.dumps([elapsed, kind, text], ensure_ascii=False) + "\n")
+
+    def output(self, data: bytes):
+        text = self._decoder.decode(data)
+        if text:
+            self._event("o", text)
+
+    def resize(self, cols: int, rows: int):
+        self._event("r", f"{cols}x{rows}")
+
+    def close(self):
+        if self._file.closed:
+            return
+        tail = self._decoder.decode(b"", final=True)
+        if tail:
+            self._event("o", tail)
+        self._file.close()

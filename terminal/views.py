@@ -1,0 +1,62 @@
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.core.exceptions import PermissionDenied
+from django.http import Http404
+from django.shortcuts import get_object_or_404, redirect, render
+from django.urls import reverse
+from django.views.decorators.http import require_POST
+
+from accounts.models import Membership, Tenant, User
+from accounts.services import set_terminal_renderer
+from accounts.tenancy import get_visible_or_404
+from clusters.models import Cluster, ClusterAccount
+from terminal.actions import revoke_terminal_sessions
+from terminal.models import TerminalSession
+
+
+@login_required
+def terminal_page(request, tenant_slug, cluster_slug):
+    cluster = get_visible_or_404(Cluster.objects.select_related("tenant"), request.user, tenant__slug=tenant_slug, slug=cluster_slug)
+    account = ClusterAccount.objects.filter(cluster=cluster, user=request.user, state=ClusterAccount.State.ACTIVE).first()
+    if account is None:
+        raise PermissionDenied("You have no active account on this cluster.")
+    if request.GET.get("renderer") in User.Renderer.values:
+        set_terminal_renderer(request.user, request.GET["renderer"])
+    cluster_url = reverse("clusters:detail", args=[tenant_slug, cluster_slug])
+    return render(request, "terminal/terminal.html", {
+        "tenant": cluster.tenant,
+        "cluster": cluster,
+        "account": account,
+        "ws_path": f"/ws/t/{tenant_slug}/c/{cluster_slug}/terminal/",
+        "renderer": request.user.terminal_renderer,
+        "cwd": request.GET.get("cwd", ""),
+        "new_session_url": request.get_full_path(),
+        "cluster_url": cluster_url,
+    })
+
+
+def _administered_tenant(request, tenant_slug) -> Tenant:
+    tenant = get_object_or_404(Tenant, slug=tenant_slug, memberships__user=request.user)
+    if not Membership.objects.filter(tenant=tenant, user=request.user, role=Membership.Role.ADMIN).exists():
+        raise Http404("No such tenant.")  # members do not learn more than outsiders
+    return tenant
+
+
+@login_required
+def live_sessions(request, tenant_slug):
+    tenant = _administered_tenant(request, tenant_slug)
+    sessions = (
+        TerminalSession.objects.in_tenant(tenant).filter(ended_at__isnull=True).select_related("user", "cluster")
+    )
+    recent = TerminalSession.objects.in_tenant(tenant).filter(ended_at__isnull=False).select_related("user", "cluster")[:50]
+    return render(request, "terminal/sessions.html", {"tenant": tenant, "sessions": sessions, "recent": recent})
+
+
+@login_required
+@require_POST
+def terminate_session(request, tenant_slug, session_id):
+    tenant = _administered_tenant(request, tenant_slug)
+    session = get_object_or_404(TerminalSession.objects.in_tenant(tenant).select_related("cluster__tenant", "user"), pk=session_id)
+    revoke_terminal_sessions(actor=request.user, session=session, message=f"Ended by {request.user.email}.")
+    messages.success(request, f"Ending {session.posix_username}'s session on {session.cluster.name}.")
+    return redirect("terminal_admin:live", tenant_slug=tenant.slug)
