@@ -6,6 +6,7 @@ to the shell. The Channels layer only brings control messages (revocation).
 
 import asyncio
 import logging
+import weakref
 from urllib.parse import parse_qs
 
 from channels.db import database_sync_to_async
@@ -47,8 +48,12 @@ def origin_allowed(scope) -> bool:
 
 
 class TerminalConsumer(AsyncWebsocketConsumer):
+    # The relays running in this process (for tests, metrics and graceful shutdown).
+    live: "weakref.WeakSet[TerminalConsumer]" = weakref.WeakSet()
+
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
+        TerminalConsumer.live.add(self)
         self.session: TerminalSession | None = None
         self.backend = None
         self.recorder: AsciicastRecorder | None = None
@@ -193,8 +198,13 @@ class TerminalConsumer(AsyncWebsocketConsumer):
             self.backend.resume_reading()
 
     # --- shell → browser ------------------------------------------------------------------------
+    @property
+    def outstanding(self) -> int:
+        """Output bytes this session holds: buffered here plus sent and not yet acknowledged."""
+        return len(self._outbuf) + self._unacked
+
     def _read_budget(self) -> int:
-        return self._high - len(self._outbuf) - self._unacked
+        return self._high - self.outstanding
 
     def _on_output(self, data: bytes):
         self._outbuf += data

@@ -1,0 +1,77 @@
+"""Shared fixtures: a fixed cast per tenant and real POSIX users for real PTYs.
+
+Cast (as in healthchecks' alice/bob/charlie): in tenant "acme" alice is admin, bob a member, and
+revoked_rita has a revoked account; charlie belongs to tenant "other" only.
+"""
+
+import os
+import pwd
+import subprocess
+
+import pytest
+from django.conf import settings
+
+from accounts.models import Membership
+from accounts.services import ensure_tenant, ensure_user, set_membership
+from clusters.services import ensure_cluster, map_account
+
+TEST_POSIX_USER = "clusterra-t1"
+PASSWORD = "correct-horse-battery"
+
+
+def _ensure_posix_user(name: str) -> pwd.struct_passwd:
+    try:
+        return pwd.getpwnam(name)
+    except KeyError:
+        pass
+    if os.geteuid() != 0:
+        pytest.fail(f"POSIX user {name} is missing and the tests are not running as root to create it")
+    subprocess.run(["useradd", "--create-home", "--shell", "/bin/bash", name], check=True, timeout=30)
+    entry = pwd.getpwnam(name)
+    os.chmod(entry.pw_dir, 0o700)
+    return entry
+
+
+@pytest.fixture(scope="session")
+def posix_user() -> pwd.struct_passwd:
+    """A regular POSIX user the terminal may open shells for (the current user when not root)."""
+    if os.geteuid() == 0:
+        return _ensure_posix_user(TEST_POSIX_USER)
+    me = pwd.getpwuid(os.geteuid())
+    if me.pw_uid < settings.TERMINAL_MIN_UID:
+        pytest.fail("Run the tests as root or as a regular user (uid >= 1000)")
+    return me
+
+
+@pytest.fixture(autouse=True)
+def _recordings_in_tmp(settings, tmp_path):
+    settings.RECORDINGS_DIR = tmp_path / "recordings"
+
+
+@pytest.fixture
+def cast(db, posix_user):
+    acme = ensure_tenant(slug="acme", name="Acme Research")
+    other = ensure_tenant(slug="other", name="Other Org")
+    hpc = ensure_cluster(tenant=acme, slug="hpc", name="Acme HPC")
+    other_hpc = ensure_cluster(tenant=other, slug="hpc", name="Other HPC")
+    alice = ensure_user(email="alice@acme.test", password=PASSWORD)
+    bob = ensure_user(email="bob@acme.test", password=PASSWORD)
+    rita = ensure_user(email="rita@acme.test", password=PASSWORD)
+    charlie = ensure_user(email="charlie@other.test", password=PASSWORD)
+    set_membership(tenant=acme, user=alice, role=Membership.Role.ADMIN)
+    set_membership(tenant=acme, user=bob, role=Membership.Role.MEMBER)
+    set_membership(tenant=acme, user=rita, role=Membership.Role.MEMBER)
+    set_membership(tenant=other, user=charlie, role=Membership.Role.ADMIN)
+    for user in (alice, bob):
+        map_account(cluster=hpc, user=user, posix_username=posix_user.pw_name, uid=posix_user.pw_uid)
+    map_account(cluster=hpc, user=rita, posix_username=posix_user.pw_name, uid=posix_user.pw_uid, state="revoked")
+    map_account(cluster=other_hpc, user=charlie, posix_username=posix_user.pw_name, uid=posix_user.pw_uid)
+
+    class Cast:
+        pass
+
+    c = Cast()
+    c.acme, c.other, c.hpc, c.other_hpc = acme, other, hpc, other_hpc
+    c.alice, c.bob, c.rita, c.charlie = alice, bob, rita, charlie
+    c.posix = posix_user
+    return c

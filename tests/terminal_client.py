@@ -1,0 +1,112 @@
+"""A test client for the terminal WebSocket protocol, over channels' in-process communicator."""
+
+import asyncio
+import json
+
+from channels.routing import URLRouter
+from channels.testing import WebsocketCommunicator
+
+from terminal import protocol
+from terminal.routing import websocket_urlpatterns
+
+ORIGIN = b"http://127.0.0.1:8000"
+HOST = b"127.0.0.1:8000"
+
+
+class TerminalClient:
+    def __init__(self, user, path: str, *, origin: bytes | None = ORIGIN, ack: bool = True):
+        headers = [(b"host", HOST), (b"user-agent", b"pytest")]
+        if origin is not None:
+            headers.append((b"origin", origin))
+        self.comm = WebsocketCommunicator(URLRouter(websocket_urlpatterns), path, headers=headers)
+        self.comm.scope["user"] = user
+        self.comm.scope["client"] = ["127.0.0.1", 50000]
+        self.ack = ack
+        self.output = bytearray()
+        self.statuses: list[dict] = []
+        self.close_code: int | None = None
+
+    async def connect(self):
+        connected, _ = await self.comm.connect(timeout=10)
+        return connected
+
+    async def send_input(self, data: bytes):
+        await self.comm.send_to(bytes_data=protocol.encode_input(data))
+
+    async def send_raw(self, frame: bytes):
+        await self.comm.send_to(bytes_data=frame)
+
+    async def send_ack(self, count: int):
+        await self.comm.send_to(bytes_data=protocol.encode_ack(count))
+
+    async def _next(self, timeout: float):
+        # Not comm.receive_output(): its timeout cancels the application, and quiet spells are normal here.
+        if self.comm.future.done() and self.comm.output_queue.empty():
+            self.comm.future.result()
+            self.close_code = self.close_code or 1006
+            return None
+        message = await asyncio.wait_for(self.comm.output_queue.get(), timeout)
+        if message["type"] == "websocket.close":
+            self.close_code = message.get("code", 1000)
+            return None
+        frame = message["bytes"]
+        if frame[0] == protocol.OUTPUT:
+            self.output += frame[1:]
+            if self.ack:
+                await self.send_ack(len(frame) - 1)
+        elif frame[0] == protocol.STATUS:
+            self.statuses.append(json.loads(frame[1:]))
+        return frame
+
+    async def wait_for_status(self, kind: str, timeout: float = 10) -> dict:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            for status in self.statuses:
+                if status["type"] == kind:
+                    return status
+            if self.close_code is not None:
+                raise AssertionError(f"socket closed ({self.close_code}) without a {kind!r} status: {self.statuses}")
+            await self._next(max(0.01, deadline - loop.time()))
+
+    async def wait_for_output(self, needle: bytes, timeout: float = 10) -> bytes:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while needle not in self.output:
+            if self.close_code is not None:
+                raise AssertionError(f"socket closed ({self.close_code}) before {needle!r}; output: {bytes(self.output[-500:])!r}")
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                raise AssertionError(f"{needle!r} not seen; output: {bytes(self.output[-500:])!r}")
+            try:
+                await self._next(remaining)
+            except asyncio.TimeoutError:
+                raise AssertionError(f"{needle!r} not seen; output: {bytes(self.output[-500:])!r}") from None
+        return bytes(self.output)
+
+    async def wait_closed(self, timeout: float = 10) -> int:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while self.close_code is None:
+            await self._next(max(0.01, deadline - loop.time()))
+        return self.close_code
+
+    async def drain(self, seconds: float):
+        """Read whatever arrives during `seconds`."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + seconds
+        while self.close_code is None and loop.time() < deadline:
+            try:
+                await self._next(max(0.01, deadline - loop.time()))
+            except asyncio.TimeoutError:
+                break
+
+    async def close(self):
+        await self.comm.disconnect(timeout=10)
+
+
+def terminal_path(tenant="acme", cluster="hpc", **query) -> str:
+    from urllib.parse import urlencode
+
+    query = {"cols": 80, "rows": 24, **query}
+    return f"/ws/t/{tenant}/c/{cluster}/terminal/?{urlencode(query)}"
