@@ -137,8 +137,10 @@ STATICFILES_DIRS = [
     ("vendor/addon-search", _XTERM / "addon-search" / "lib"),
     ("vendor/addon-webgl", _XTERM / "addon-webgl" / "lib"),
 ]
-# Serve straight from the finders, so the embedded default needs no collectstatic step.
+# Serve straight from the finders, so the embedded default needs no collectstatic step
+# (`manage.py collectstatic` into STATIC_ROOT still works for a proxy that serves files itself).
 WHITENOISE_USE_FINDERS = True
+STATIC_ROOT.mkdir(parents=True, exist_ok=True)
 
 _redis_url = env_str("CLUSTERRA_REDIS_URL")
 if _redis_url:

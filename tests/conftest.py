@@ -75,3 +75,14 @@ def cast(db, posix_user):
     c.alice, c.bob, c.rita, c.charlie = alice, bob, rita, charlie
     c.posix = posix_user
     return c
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """In CI a skipped test is a failure: every service the tests need must be there."""
+    if not os.environ.get("CI"):
+        return
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    skipped = len(reporter.stats.get("skipped", [])) if reporter else 0
+    if skipped and session.exitstatus == 0:
+        reporter.write_line(f"CI: {skipped} test(s) were skipped; in CI that is a failure.", red=True)
+        session.exitstatus = 1

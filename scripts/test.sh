@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# make test: install what the suite needs and run all of it (real PTYs, PostgreSQL, Chromium).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/system-deps.sh test
+scripts/venv.sh test
+
+# PostgreSQL: the one on 127.0.0.1:5432 unless CLUSTERRA_DATABASE_URL says otherwise.
+if [ -z "${CLUSTERRA_DATABASE_URL:-}" ]; then
+  if ! pg_isready -q -h 127.0.0.1 -p 5432 && [ "$(id -u)" -eq 0 ] && command -v pg_ctlcluster >/dev/null; then
+    pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | head -1)" main start || true
+    for _ in $(seq 20); do pg_isready -q -h 127.0.0.1 -p 5432 && break; sleep 0.5; done
+  fi
+  pg_isready -q -h 127.0.0.1 -p 5432 || { echo "PostgreSQL is not reachable on 127.0.0.1:5432; set CLUSTERRA_DATABASE_URL." >&2; exit 1; }
+  export CLUSTERRA_DATABASE_URL=postgres://postgres@127.0.0.1:5432/clusterra
+fi
+export CLUSTERRA_DATA_DIR=${CLUSTERRA_TEST_DATA_DIR:-$(mktemp -d -t clusterra-test.XXXXXX)}
+exec .venv/bin/pytest --create-db "$@"

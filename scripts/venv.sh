@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Creates .venv and installs the pinned requirements (runtime, or runtime + test with "test").
+set -euo pipefail
+cd "$(dirname "$0")/.."
+req=requirements.txt
+[ "${1:-}" = test ] && req=requirements-test.txt
+python=${PYTHON:-python3}
+"$python" -c 'import sys; sys.exit(sys.version_info < (3, 11))' || { echo "Python 3.11 or newer is needed ($python is older)." >&2; exit 1; }
+[ -x .venv/bin/python ] || "$python" -m venv .venv
+stamp=.venv/.installed-$(basename "$req" .txt)
+if [ ! -f "$stamp" ] || [ "$req" -nt "$stamp" ] || [ requirements.txt -nt "$stamp" ]; then
+  .venv/bin/pip install --disable-pip-version-check -q -r "$req"
+  touch "$stamp"
+fi
+# Front-end packages (xterm.js), pinned by package-lock.json.
+if [ ! -f node_modules/.package-lock.json ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
+  npm ci --no-audit --no-fund --loglevel=error
+fi
