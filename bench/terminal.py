@@ -621,6 +621,7 @@ class Bench:
         self.failed: set[tuple] = set()
         self.notes: list[str] = []
         self.clusterra_connected: dict = {}
+        self.current = ""
         self.nodelay: dict[str, bool | None] = {}
 
     def relay_pid(self, target: str) -> int | None:
@@ -663,10 +664,11 @@ class Bench:
             await asyncio.sleep(1)
             return
         deadline = time.monotonic() + timeout
-        while live_pids(uid=self.uid):
+        while pids := live_pids(uid=self.uid):
             if time.monotonic() > deadline:
-                self.notes.append(f"{len(live_pids(uid=self.uid))} {self.posix_user} process(es) were still running "
-                                  f"{timeout:.0f} s after a scenario ended")
+                names = sorted({Path(f"/proc/{pid}/comm").read_text().strip() for pid in pids if Path(f"/proc/{pid}/comm").exists()})
+                self.notes.append(f"{len(pids)} {self.posix_user} process(es) ({', '.join(names)}) were still running "
+                                  f"{timeout:.0f} s after {self.current} ended")
                 return
             await asyncio.sleep(0.1)
 
@@ -781,6 +783,7 @@ class Bench:
         for kind, n, target in plan:
             label = {"echo": f"echo, {n} session(s)", "bulk": "bulk output", "ctrlc": "Ctrl-C"}[kind] + f" on {target}"
             print(f"  … {label}", file=sys.stderr, flush=True)
+            self.current = label
             scenario = {"echo": lambda: self.echo(target, n), "bulk": lambda: self.bulk(target),
                         "ctrlc": lambda: self.ctrlc(target)}[kind]
             t0 = time.monotonic()

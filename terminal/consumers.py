@@ -32,6 +32,11 @@ _CLOSE_CODES = {
 }
 
 
+def _close_reason(message: str) -> str:
+    """A WebSocket close reason holds at most 123 bytes of UTF-8."""
+    return message.encode()[:120].decode("utf-8", "ignore")
+
+
 def origin_allowed(scope) -> bool:
     """Same-origin (the Origin's host is the Host we were reached at, and an allowed host) or trusted."""
     headers = dict(scope.get("headers", []))
@@ -161,7 +166,7 @@ class TerminalConsumer(AsyncWebsocketConsumer):
     async def _refuse(self, code: int, message: str):
         self._ending = True
         await self.send(bytes_data=protocol.encode_status(type="exit", reason=REFUSED, message=message))
-        await self.close(code=code, reason=message[:120])
+        await self.close(code=code, reason=_close_reason(message))
 
     # --- browser → shell ------------------------------------------------------------------------
     async def receive(self, text_data=None, bytes_data=None):
@@ -308,7 +313,7 @@ class TerminalConsumer(AsyncWebsocketConsumer):
                 if exit_code is not None:
                     status["exit_code"] = exit_code
                 await self.send(bytes_data=protocol.encode_status(**status))
-                await self.close(code=close_code or _CLOSE_CODES.get(reason, protocol.CLOSE_NORMAL))
+                await self.close(code=close_code or _CLOSE_CODES.get(reason, protocol.CLOSE_NORMAL), reason=_close_reason(message))
             except Exception:  # the socket may already be gone
                 pass
         if self.session is not None:

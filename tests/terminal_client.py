@@ -25,6 +25,7 @@ class TerminalClient:
         self.output = bytearray()
         self.statuses: list[dict] = []
         self.close_code: int | None = None
+        self.close_reason = ""
 
     async def connect(self):
         connected, _ = await self.comm.connect(timeout=10)
@@ -48,6 +49,7 @@ class TerminalClient:
         message = await asyncio.wait_for(self.comm.output_queue.get(), timeout)
         if message["type"] == "websocket.close":
             self.close_code = message.get("code", 1000)
+            self.close_reason = message.get("reason", "")
             return None
         frame = message["bytes"]
         if frame[0] == protocol.OUTPUT:

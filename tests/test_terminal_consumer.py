@@ -264,6 +264,7 @@ async def test_malformed_frames_close_the_socket_with_a_reason(cast, frame, code
     assert await client.wait_closed() == code
     status = await client.wait_for_status("exit")
     assert status["message"].startswith("Protocol error:")
+    assert client.close_reason.startswith("Protocol error:")
     session = await last_session(cast.bob)
     assert session.ended_at is not None and session_pids(int(session.backend_session_id)) == []
 
