@@ -38,13 +38,14 @@ import json
 import math
 import os
 import platform
-import selectors
 import pwd
+import selectors
 import shlex
 import shutil
 import signal
 import socket
 import sqlite3
+import statistics
 import struct
 import subprocess
 import sys
@@ -59,7 +60,7 @@ from websockets.asyncio.client import connect as ws_connect
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
-from terminal.protocol import ACK, OUTPUT, STATUS, encode_ack, encode_input  # noqa: E402
+from terminal.protocol import OUTPUT, STATUS, encode_ack, encode_input  # noqa: E402
 
 now_ns = time.perf_counter_ns
 
@@ -156,6 +157,13 @@ def kill_sessions(sids: set[int]) -> int:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.kill(pid, signal.SIGKILL)
     return len(pids)
+
+
+def process_name(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return "?"
 
 
 def cpu_model() -> str:
@@ -312,8 +320,6 @@ class RawSession(Session):
 
 
 class _WsSession(Session):
-    url = ""
-
     def __init__(self):
         super().__init__()
         self.ws = None
@@ -666,7 +672,7 @@ class Bench:
         deadline = time.monotonic() + timeout
         while pids := live_pids(uid=self.uid):
             if time.monotonic() > deadline:
-                names = sorted({Path(f"/proc/{pid}/comm").read_text().strip() for pid in pids if Path(f"/proc/{pid}/comm").exists()})
+                names = sorted({process_name(pid) for pid in pids})
                 self.notes.append(f"{len(pids)} {self.posix_user} process(es) ({', '.join(names)}) were still running "
                                   f"{timeout:.0f} s after {self.current} ended")
                 return
@@ -779,9 +785,13 @@ class Bench:
     async def run(self) -> None:
         args = self.args
         plan = [("echo", n, t) for n in args.sessions for t in args.targets]
-        plan += [("bulk", None, t) for t in args.targets] + [("ctrlc", None, t) for t in args.targets]
+        # Bulk and Ctrl-C are short and noisy: several runs, targets interleaved, median reported.
+        plan += [("bulk", r, t) for r in range(args.runs) for t in args.targets]
+        plan += [("ctrlc", r, t) for r in range(args.runs) for t in args.targets]
+        runs: dict[tuple, list[dict]] = {}
         for kind, n, target in plan:
-            label = {"echo": f"echo, {n} session(s)", "bulk": "bulk output", "ctrlc": "Ctrl-C"}[kind] + f" on {target}"
+            label = {"echo": f"echo, {n} session(s)", "bulk": f"bulk output, run {(n or 0) + 1}",
+                     "ctrlc": f"Ctrl-C, run {(n or 0) + 1}"}[kind] + f" on {target}"
             print(f"  … {label}", file=sys.stderr, flush=True)
             self.current = label
             scenario = {"echo": lambda: self.echo(target, n), "bulk": lambda: self.bulk(target),
@@ -790,7 +800,7 @@ class Bench:
             try:
                 result = await asyncio.wait_for(scenario(), args.scenario_timeout)
             except (asyncio.TimeoutError, BenchError) as exc:
-                self.failed.add((kind, n, target))
+                self.failed.add((kind, n if kind == "echo" else None, target))
                 self.errors.append(f"{label}: " + (str(exc) or f"exceeded {args.scenario_timeout:.0f} s"))
                 await self.settle()
                 continue
@@ -798,7 +808,14 @@ class Bench:
             if kind == "echo":
                 self.results["echo"].setdefault(n, {})[target] = result
             else:
-                self.results[kind][target] = result
+                runs.setdefault((kind, target), []).append(result)
+        for (kind, target), results in runs.items():
+            if (kind, None, target) in self.failed:
+                continue
+            summary = {key: statistics.median(r[key] for r in results)
+                       for key in results[0] if all(isinstance(r.get(key), (int, float)) for r in results)}
+            summary["runs"] = results
+            self.results[kind][target] = summary
 
 
 class EchoProbe:
@@ -886,6 +903,14 @@ def report(bench: Bench, args) -> list[str]:
     def num(key, spec, scale=1.0):
         return lambda r: None if r.get(key) is None else format(r[key] * scale, spec)
 
+    def spread(key, spec):
+        """The median, and the range when there were several runs."""
+        def show(r):
+            values = [x[key] for x in r.get("runs", [])]
+            extra = f" ({min(values):{spec}}–{max(values):{spec}})" if len(values) > 1 else ""
+            return f"{r[key]:{spec}}{extra}"
+        return show
+
     def ratio(key, prefix=""):
         return lambda c, d: f"{prefix}{c[key] / d[key]:.2f}×" if d[key] else ""
 
@@ -898,11 +923,12 @@ def report(bench: Bench, args) -> list[str]:
         row(f"  relay RSS MB, {n} sessions", "echo", num("relay_rss_mb", ".0f"), n)
         row(f"  client: CPU % / send lag p50, p99 ms, {n} sessions", "echo",
             lambda r: f"{r['client_cpu_pct']:.0f} / {r['send_lag_p50_ms']:.2f}, {r['send_lag_p99_ms']:.2f}", n)
-    row(f"bulk output MB/s, one session ({args.bulk_mib} MiB → base64)", "bulk", num("mb_per_s", ".1f"),
+    runs = f", median of {args.runs}" if args.runs > 1 else ""
+    row(f"bulk output MB/s, one session ({args.bulk_mib} MiB → base64{runs})", "bulk", spread("mb_per_s", ".1f"),
         compare=ratio("mb_per_s"))
     row("  relay CPU % of a core", "bulk", num("relay_cpu_pct", ".0f"))
     row("  client CPU % of a core", "bulk", num("client_cpu_pct", ".0f"))
-    row(f"Ctrl-C → prompt ms, after {args.ctrlc_after:g} s of `yes`, fast client", "ctrlc", num("ms", ".1f"),
+    row(f"Ctrl-C → prompt ms, after {args.ctrlc_after:g} s of `yes`, fast client{runs}", "ctrlc", spread("ms", ".1f"),
         compare=ratio("ms"))
     row("  output received after ^C, KB", "ctrlc", num("bytes_after_interrupt", ",.0f", 1e-3))
 
@@ -961,6 +987,7 @@ def parse_args(argv=None):
     p.add_argument("--sessions", default="1,10,100", help="concurrent sessions for the echo scenarios (default 1,10,100)")
     p.add_argument("--bulk-mib", type=int, default=64, help="MiB of zeros base64-encoded in the bulk scenario (default 64)")
     p.add_argument("--bulk-timeout", type=float, default=180, help="seconds the bulk output may take (default 180)")
+    p.add_argument("--runs", type=int, default=3, help="runs of the bulk and Ctrl-C scenarios; the median is reported (default 3)")
     p.add_argument("--ctrlc-after", type=float, default=2, help="seconds `yes` runs before ^C (default 2)")
     p.add_argument("--targets", default=",".join(ALL_TARGETS), help="any of raw,terminado,clusterra (default all)")
     p.add_argument("--scenario-timeout", type=float, default=300, help="upper bound for any one scenario (default 300 s)")
@@ -976,7 +1003,7 @@ def parse_args(argv=None):
     args.targets = [t.strip() for t in args.targets.split(",") if t.strip()]
     if not args.targets or any(t not in ALL_TARGETS for t in args.targets):
         p.error(f"--targets takes a comma-separated subset of {','.join(ALL_TARGETS)}")
-    if args.duration <= 0 or args.warmup < 0 or args.rate <= 0 or args.bulk_mib < 1 or args.ctrlc_after <= 0:
+    if args.duration <= 0 or args.warmup < 0 or args.rate <= 0 or args.bulk_mib < 1 or args.ctrlc_after <= 0 or args.runs < 1:
         p.error("durations, rate and sizes must be positive")
     return args
 
@@ -994,6 +1021,13 @@ def run_with_precise_timers(coro, sessions: int):
     selector = selectors.SelectSelector() if sessions <= 400 else selectors.DefaultSelector()
     with asyncio.Runner(loop_factory=lambda: asyncio.SelectorEventLoop(selector)) as runner:
         return runner.run(coro)
+
+
+def clusterra_settings(bench: Bench) -> str:
+    status = bench.clusterra_connected
+    window = f"ack window HIGH/LOW {status['high_watermark']}/{status['low_watermark']} bytes; " if status else ""
+    overrides = ", ".join(f"{k}={v}" for k, v in sorted(os.environ.items()) if k.startswith("CLUSTERRA_TERMINAL_"))
+    return f"Clusterra: {window}{'environment: ' + overrides if overrides else 'default terminal settings'}"
 
 
 def _interrupt(signum, frame):
@@ -1053,10 +1087,7 @@ def main(argv=None) -> int:
         f"terminado {env_info.get('terminado', '?')} (Tornado {env_info.get('tornado', '?')}), websockets {env_info['websockets']} client",
         f"Shell: {entry.pw_name} (uid {entry.pw_uid}), {entry.pw_shell} -l on a {COLS}x{ROWS} PTY; client TCP_NODELAY "
         + ", ".join(f"{TARGET_NAMES[t]} {v}" for t, v in bench.nodelay.items()),
-        "Clusterra: " + (f"window HIGH/LOW {bench.clusterra_connected.get('high_watermark')}/"
-                         f"{bench.clusterra_connected.get('low_watermark')} bytes; " if bench.clusterra_connected else "")
-        + ("settings from the environment: " + ", ".join(f"{k}={v}" for k, v in sorted(os.environ.items())
-                                                        if k.startswith("CLUSTERRA_TERMINAL_")) or "default settings"),
+        clusterra_settings(bench),
         f"Echo: {args.rate:g} keys/s per session on a fixed schedule, {args.warmup:g} s warm-up + {args.duration:g} s measured, "
         "latency from the intended send time; one asyncio client process",
         "",

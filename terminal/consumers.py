@@ -193,7 +193,7 @@ class TerminalConsumer(AsyncWebsocketConsumer):
         self._flush_now = True  # the echo goes out without the coalescing delay
         if not self.backend.write(data):
             asyncio.create_task(self.send(bytes_data=protocol.encode_status(
-                type="warning", reason="input", seconds_left=None, message="The shell is not reading input; some was dropped.")))
+                type="notice", message="The shell is not reading its input; some of what you typed or pasted was dropped.")))
 
     def _on_ack(self, count: int):
         if count > self._unacked:

@@ -347,3 +347,21 @@ async def test_session_is_recorded_as_asciicast_v2(cast):
     assert ["r", "100x30"] in [e[1:] for e in events]
     times = [e[0] for e in events]
     assert times == sorted(times)
+
+
+async def test_input_the_shell_does_not_read_is_bounded(cast):
+    client = await open_session(cast.bob)
+    await client.send_input(b"stty -icanon -echo; echo rea''dy; sleep 30\n")
+    await client.wait_for_output(b"ready\r\n")
+    chunk = b"y" * 32 * 1024
+    for _ in range(40):  # 1.25 MiB into a terminal nobody reads
+        await client.send_input(chunk)
+    notice = await client.wait_for_status("notice", timeout=5)
+    assert "dropped" in notice["message"]
+    client.output.clear()
+    await client.send_input(b"\x03")  # interrupts `sleep` although the input queue is full
+    await client.wait_for_output(b"$ ", timeout=5)
+    await client.send_input(b"\x03")  # the shell got the unread y's as a command line: discard it
+    await client.send_input(b"stty sane; echo after''wards\n")
+    await client.wait_for_output(b"afterwards\r\n")
+    await client.close()

@@ -109,6 +109,12 @@ function showWarning(msg) {
   banner.dataset.reason = msg.reason;
   banner.hidden = false;
 }
+function showNotice(text) {
+  clearInterval(bannerTimer);
+  bannerText.textContent = text;
+  banner.dataset.reason = "notice";
+  banner.hidden = false;
+}
 function hideBanner() {
   clearInterval(bannerTimer);
   banner.hidden = true;
@@ -161,6 +167,8 @@ function handleStatus(s, msg) {
     setStatus("connected", `Connected as ${plain(msg.posix_user || config.posixUser)}`);
   } else if (msg.type === "warning") {
     showWarning(msg);
+  } else if (msg.type === "notice") {
+    showNotice(plain(msg.message));
   } else if (msg.type === "exit") {
     s.exited = true;
     const reason = plain(msg.reason), message = plain(msg.message);

@@ -30,6 +30,7 @@ READ_CHUNK = 64 * 1024
 MAX_PENDING_INPUT = 1024 * 1024
 KILL_GRACE_SECONDS = 1.0
 EARLY_EXIT_SECONDS = 1.0
+INTERRUPT = b"\x03"
 
 
 class AccessRefused(BackendError):
@@ -201,6 +202,11 @@ class LocalPtyBackend(SessionBackend):
         if self._fd is None or self._terminated:
             return False
         self._typed = True
+        if self._pending_input and INTERRUPT in data:
+            self._interrupt_stuck_input()
+            data = data[data.rindex(INTERRUPT) + 1 :]
+            if not data:
+                return True
         if self._pending_input:
             if len(self._pending_input) + len(data) > MAX_PENDING_INPUT:
                 return False
@@ -216,6 +222,19 @@ class LocalPtyBackend(SessionBackend):
             self._pending_input += data[written:]
             asyncio.get_running_loop().add_writer(self._fd, self._flush_input)
         return True
+
+    def _interrupt_stuck_input(self) -> None:
+        """Ctrl-C while the terminal's input queue is full (a program that reads no input, a big paste).
+
+        The ^C byte could only queue behind the unread input, so do what the line discipline would
+        do with it: drop our unread input and send SIGINT to the terminal's foreground process group.
+        """
+        self._pending_input.clear()
+        asyncio.get_running_loop().remove_writer(self._fd)
+        try:
+            os.killpg(os.tcgetpgrp(self._fd), signal.SIGINT)
+        except OSError:  # no foreground group, or not ours to signal (sudo to another user)
+            pass
 
     def _flush_input(self) -> None:
         try:
