@@ -168,6 +168,15 @@ class TerminalConsumer(AsyncWebsocketConsumer):
         await self.send(bytes_data=protocol.encode_status(type="exit", reason=REFUSED, message=message))
         await self.close(code=code, reason=_close_reason(message))
 
+    async def dispatch(self, message):
+        # Channels' dispatch closes stale DB connections in a worker thread before *every* message:
+        # a thread hop per keystroke and per ACK. Frames never touch the database (the ORM work at
+        # connect/close goes through database_sync_to_async, which does that itself), so they skip it.
+        if message["type"] == "websocket.receive":
+            await self.websocket_receive(message)
+        else:
+            await super().dispatch(message)
+
     # --- browser → shell ------------------------------------------------------------------------
     async def receive(self, text_data=None, bytes_data=None):
         if self._ending or self.backend is None:

@@ -7,7 +7,8 @@ import { WebglAddon } from "@xterm/addon-webgl";
 
 const OP_INPUT = 0x01, OP_RESIZE = 0x02, OP_ACK = 0x03;
 const OP_OUTPUT = 0x81, OP_STATUS = 0x82;
-const ACK_THRESHOLD = 64 * 1024;   // ack at the latest after this many processed bytes
+const ACK_THRESHOLD = 64 * 1024;   // ack at once after this many processed bytes...
+const ACK_DELAY_MS = 100;          // ...else within this long (one ACK per burst, not per keystroke)
 const MAX_INPUT_CHUNK = 32 * 1024; // the server closes on frames > 64 KiB (4413): split big pastes
 
 const root = document.getElementById("terminal-root");
@@ -133,6 +134,8 @@ function send(s, bytes) {
 }
 
 function sendAck(s) {
+  clearTimeout(s.ackTimer);
+  s.ackTimer = 0;
   if (s.unacked === 0) return;
   const frame = new Uint8Array(5);
   frame[0] = OP_ACK;
@@ -149,7 +152,8 @@ function writeOutput(s, bytes) {
     // Only now has xterm processed these bytes, so only now may they be acknowledged.
     s.pendingWrites--;
     s.unacked += n;
-    if (s.unacked >= ACK_THRESHOLD || s.pendingWrites === 0) sendAck(s);
+    if (s.unacked >= ACK_THRESHOLD) sendAck(s);
+    else if (!s.ackTimer) s.ackTimer = setTimeout(() => sendAck(s), ACK_DELAY_MS);
   });
 }
 
@@ -195,7 +199,7 @@ function handleMessage(s, data) {
 }
 
 function connect() {
-  const s = { ws: null, state: "connecting", exited: false, pendingWrites: 0, unacked: 0, queuedResize: null };
+  const s = { ws: null, state: "connecting", exited: false, pendingWrites: 0, unacked: 0, ackTimer: 0, queuedResize: null };
   session = s;
   setStatus("connecting", "Connecting…");
   let query = `cols=${clampSize(term.cols)}&rows=${clampSize(term.rows)}`;

@@ -257,30 +257,37 @@ class LocalPtyBackend(SessionBackend):
             return
         self._terminated = True
         loop = asyncio.get_running_loop()
-        if self._pidfd is not None:  # we end it ourselves: no on_exit callback any more
-            loop.remove_reader(self._pidfd)
-            os.close(self._pidfd)
-            self._pidfd = None
         if self._reading:
             loop.remove_reader(self._fd)
             self._reading = False
         if self._pending_input:
             loop.remove_writer(self._fd)
         sid = self._proc.pid
-        pids = session_pids(sid)
+        leader_gone = loop.create_future()
+        if self._pidfd is not None:  # from now on the leader's exit only wakes us, no on_exit callback
+            loop.remove_reader(self._pidfd)
+            loop.add_reader(self._pidfd, lambda: leader_gone.done() or leader_gone.set_result(None))
+        # Scanning /proc takes milliseconds with many processes: keep it off the event loop.
+        pids = await asyncio.to_thread(session_pids, sid)
         _signal_all(pids, signal.SIGHUP)
         _signal_all(pids, signal.SIGCONT)  # a stopped job must wake up to see its SIGHUP
         os.close(self._fd)  # hang up the terminal
         self._fd = None
-        deadline = time.monotonic() + KILL_GRACE_SECONDS
-        while time.monotonic() < deadline:
-            if self._proc.poll() is not None and not session_pids(sid):
-                return
-            await asyncio.sleep(0.02)
-        _signal_all(session_pids(sid), signal.SIGKILL)
-        if self._proc.poll() is None:
-            _signal_all([sid], signal.SIGKILL)
-        for _ in range(50):
+        deadline = loop.time() + KILL_GRACE_SECONDS
+        if self._pidfd is not None:
+            try:
+                await asyncio.wait_for(leader_gone, KILL_GRACE_SECONDS)
+            except asyncio.TimeoutError:
+                pass
+            loop.remove_reader(self._pidfd)
+            os.close(self._pidfd)
+            self._pidfd = None
+        while pids := await asyncio.to_thread(session_pids, sid):
+            if loop.time() >= deadline:
+                _signal_all(pids, signal.SIGKILL)
+                break
+            await asyncio.sleep(0.1)
+        for _ in range(50):  # reap the leader (SIGKILLed above if it ignored the hangup)
             if self._proc.poll() is not None:
                 break
             await asyncio.sleep(0.02)
