@@ -1,10 +1,10 @@
 """asciicast v2 recordings of terminal output (https://docs.asciinema.org/manual/asciicast/v2/)."""
 
 import codecs
-import json
 import time
 from pathlib import Path
 
+import orjson  # JSON-encoding every output byte on the event loop: the stdlib's encoder cost ~20% of throughput
 from django.conf import settings
 
 
@@ -19,7 +19,7 @@ class AsciicastRecorder:
         self.relative_path = relative_path
         path = Path(settings.RECORDINGS_DIR) / relative_path
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        self._file = open(path, "x", buffering=64 * 1024, encoding="utf-8")  # noqa: SIM115 (closed in close())
+        self._file = open(path, "xb", buffering=64 * 1024)  # noqa: SIM115 (closed in close())
         self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         self._started = time.monotonic()
         header = {
@@ -30,11 +30,11 @@ class AsciicastRecorder:
             "env": {"TERM": "xterm-256color", "SHELL": shell},
             "title": title,
         }
-        self._file.write(json.dumps(header) + "\n")
+        self._file.write(orjson.dumps(header) + b"\n")
 
     def _event(self, kind: str, text: str):
         elapsed = round(time.monotonic() - self._started, 6)
-        self._file.write(json.dumps([elapsed, kind, text], ensure_ascii=False) + "\n")
+        self._file.write(orjson.dumps([elapsed, kind, text]) + b"\n")
 
     def output(self, data: bytes):
         text = self._decoder.decode(data)
