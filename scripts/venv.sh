@@ -8,8 +8,8 @@ python=${PYTHON:-python3}
 "$python" -c 'import sys; sys.exit(sys.version_info < (3, 11))' || { echo "Python 3.11 or newer is needed ($python is older)." >&2; exit 1; }
 [ -x .venv/bin/python ] || "$python" -m venv .venv
 stamp=.venv/.installed-$(basename "$req" .txt)
-if [ ! -f "$stamp" ] || [ "$req" -nt "$stamp" ] || [ requirements.txt -nt "$stamp" ]; then
-  .venv/bin/pip install --disable-pip-version-check -q -r "$req"
+if [ ! -f "$stamp" ] || [ "$req" -nt "$stamp" ] || [ requirements.txt -nt "$stamp" ] || [ constraints.txt -nt "$stamp" ]; then
+  .venv/bin/pip install --disable-pip-version-check -q -r "$req" -c constraints.txt
   touch "$stamp"
 fi
 # Front-end packages (xterm.js), pinned by package-lock.json.
