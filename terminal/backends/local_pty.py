@@ -17,15 +17,13 @@ import subprocess
 import termios
 import time
 
-from django.conf import settings
-
+from clusters.posix import PosixAccountError, SystemAccountRefused, become_user_argv, check_posix_account, clean_environment
 from terminal.backends.base import BackendError, SessionBackend, ShellRequest
 
 CWD_FAILED_EXIT = 97
 # Runs as the user, so POSIX permissions decide whether the directory may be entered. The directory
 # is an argument ($1), never part of the script text.
 _ENTER_CWD_AND_EXEC = f'cd -- "$1" || exit {CWD_FAILED_EXIT}; exec "$SHELL" -l'
-_NO_LOGIN_SHELLS = {"nologin", "false"}
 READ_CHUNK = 64 * 1024
 MAX_PENDING_INPUT = 1024 * 1024
 KILL_GRACE_SECONDS = 1.0
@@ -37,22 +35,13 @@ class AccessRefused(BackendError):
     """The mapping points at an account the portal must never open a shell for."""
 
 
-def check_posix_account(username: str, expected_uid: int) -> pwd.struct_passwd:
-    """The system's own record is authoritative: never root, never below the minimum uid."""
+def check_shell_account(username: str, expected_uid: int) -> pwd.struct_passwd:
     try:
-        entry = pwd.getpwnam(username)
-    except KeyError:
-        raise BackendError(f"The POSIX user {username!r} does not exist on the head node.") from None
-    if entry.pw_uid == 0 or entry.pw_uid < settings.TERMINAL_MIN_UID:
-        raise AccessRefused(
-            f"The POSIX user {username!r} has uid {entry.pw_uid}, below the minimum of {settings.TERMINAL_MIN_UID}: "
-            "terminals are never opened for system accounts."
-        )
-    if entry.pw_uid != expected_uid:
-        raise AccessRefused(f"The POSIX user {username!r} has uid {entry.pw_uid} on the head node, but the mapping says {expected_uid}.")
-    if os.path.basename(entry.pw_shell or "") in _NO_LOGIN_SHELLS:
-        raise BackendError(f"The POSIX user {username!r} has no login shell ({entry.pw_shell}).")
-    return entry
+        return check_posix_account(username, expected_uid, need_login_shell=True)
+    except SystemAccountRefused as exc:
+        raise AccessRefused(str(exc)) from None
+    except PosixAccountError as exc:
+        raise BackendError(str(exc)) from None
 
 
 def session_pids(sid: int) -> list[int]:
@@ -97,28 +86,12 @@ class LocalPtyBackend(SessionBackend):
         self._cwd: str | None = None
 
     def _command(self, entry: pwd.struct_passwd, working_directory: str) -> list[str]:
-        shell = entry.pw_shell or "/bin/sh"
-        clean_env = [
-            "TERM=xterm-256color",
-            f"LANG={settings.TERMINAL_LANG}",
-            f"HOME={entry.pw_dir}",
-            f"USER={entry.pw_name}",
-            f"LOGNAME={entry.pw_name}",
-            f"SHELL={shell}",
-            f"PATH={settings.TERMINAL_PATH}",
-        ]
-        shell_argv = ["env", "-i", *clean_env, "/bin/sh", "-c", _ENTER_CWD_AND_EXEC, "sh", working_directory]
-        if os.geteuid() == entry.pw_uid:
-            switch_user = []
-        elif os.geteuid() == 0:
-            switch_user = ["runuser", "-u", entry.pw_name, "--"]
-        else:
-            switch_user = ["sudo", "-n", "-u", entry.pw_name, "--"]
-        return ["setsid", "-c", *switch_user, *shell_argv]
+        shell_argv = ["env", "-i", "TERM=xterm-256color", *clean_environment(entry), "/bin/sh", "-c", _ENTER_CWD_AND_EXEC, "sh", working_directory]
+        return ["setsid", "-c", *become_user_argv(entry), *shell_argv]
 
     async def start(self, request: ShellRequest) -> None:
         loop = asyncio.get_running_loop()
-        entry = check_posix_account(request.posix_username, request.expected_uid)
+        entry = check_shell_account(request.posix_username, request.expected_uid)
         self.shell = entry.pw_shell or "/bin/sh"
         self._cwd = request.working_directory
         argv = self._command(entry, request.working_directory or entry.pw_dir)
