@@ -34,6 +34,11 @@ class Cluster(models.Model):
     idle_timeout = models.PositiveIntegerField(default=20 * 60, validators=[MinValueValidator(1)], help_text="Seconds without input before a terminal session ends.")
     max_session_duration = models.PositiveIntegerField(default=12 * 3600, validators=[MinValueValidator(1)], help_text="Seconds a terminal session may last at most.")
     home_template = models.CharField(max_length=200, default="/home/{username}", validators=[validate_home_template])
+    shared_roots = models.JSONField(default=list, blank=True, help_text="Absolute directories besides the home directory where job scripts and working directories may be, e.g. [\"/fsx\"].")
+    poll_posix_username = models.CharField(max_length=32, blank=True, validators=[posix_username_validator],
+                                           help_text="Unprivileged POSIX user the job poller runs squeue as (never root). Empty: no polling.")
+    poll_uid = models.PositiveIntegerField(null=True, blank=True)
+    poll_interval = models.PositiveIntegerField(default=10, validators=[MinValueValidator(2)], help_text="Seconds between polls of the queue.")
     created_at = models.DateTimeField(auto_now_add=True)
 
     objects = scoped_queryset("tenant").as_manager()

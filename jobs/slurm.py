@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 SEP = "\x1f"
 SLURM_ENV = {"SLURM_TIME_FORMAT": "%s"}  # epoch seconds in every time field
 
-_NULLS = {"", "N/A", "(null)", "None", "Unknown", "n/a"}
+_NULLS = {"", "N/A", "(null)", "None", "None assigned", "Unknown", "n/a"}
 
 
 class SlurmParseError(ValueError):
@@ -139,9 +139,9 @@ def squeue_argv(*, states: str = "all", user: str | None = None, job_ids: list[s
 def parse_squeue(output: bytes) -> list[QueuedJob]:
     jobs = []
     for f in _split_records(decode(output), len(SQUEUE_FIELDS)):
-        array_job = _int(f[1])
+        is_array = _text(f[2]) != ""  # %F is the job's own id when it is not an array task
         jobs.append(QueuedJob(
-            job_id=f[0], array_job_id=array_job, array_task_id=_text(f[2]) if array_job is not None else "",
+            job_id=f[0], array_job_id=_int(f[1]) if is_array else None, array_task_id=_text(f[2]),
             user=f[3], account=_text(f[4]), partition=f[5], state=f[6], reason=_text(f[7]),
             submit_time=parse_epoch(f[8]), start_time=parse_epoch(f[9]), end_time=parse_epoch(f[10]),
             time_limit=parse_duration(f[11]), time_used=parse_duration(f[12]), nodes=_int(f[13]), cpus=_int(f[14]),

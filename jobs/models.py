@@ -1,0 +1,51 @@
+"""The job cache: what the last poll of each cluster's queue (and accounting) said.
+
+Pages and the API read this table, never Slurm, so a big queue does not slow anyone's page.
+"""
+
+from django.db import models
+
+from accounts.tenancy import scoped_queryset
+
+
+class Job(models.Model):
+    cluster = models.ForeignKey("clusters.Cluster", on_delete=models.CASCADE, related_name="jobs")
+    job_id = models.CharField(max_length=64, help_text="Slurm's id: 123, 123_4 for an array task, 123_[5-9] for pending tasks.")
+    array_job_id = models.BigIntegerField(null=True, blank=True)
+    array_task_id = models.CharField(max_length=64, blank=True)
+    owner = models.ForeignKey("clusters.ClusterAccount", null=True, blank=True, on_delete=models.SET_NULL, related_name="jobs",
+                              help_text="The portal account whose POSIX user owns the job, if any.")
+    posix_user = models.CharField(max_length=64)
+    slurm_account = models.CharField(max_length=64, blank=True)
+    name = models.CharField(max_length=255, blank=True)
+    partition = models.CharField(max_length=64, blank=True)
+    state = models.CharField(max_length=32, db_index=True)
+    reason = models.CharField(max_length=255, blank=True)
+    submit_time = models.DateTimeField(null=True, blank=True)
+    start_time = models.DateTimeField(null=True, blank=True)
+    end_time = models.DateTimeField(null=True, blank=True)
+    time_limit = models.PositiveIntegerField(null=True, blank=True, help_text="Seconds; empty for UNLIMITED.")
+    nodes = models.PositiveIntegerField(null=True, blank=True)
+    cpus = models.PositiveIntegerField(null=True, blank=True)
+    memory_mb = models.PositiveBigIntegerField(null=True, blank=True)
+    gres = models.CharField(max_length=255, blank=True)
+    node_list = models.CharField(max_length=1024, blank=True)
+    work_dir = models.CharField(max_length=4096, blank=True)
+    stdout_path = models.CharField(max_length=4096, blank=True)
+    stderr_path = models.CharField(max_length=4096, blank=True)
+    exit_code = models.IntegerField(null=True, blank=True)
+    in_queue = models.BooleanField(default=True, help_text="Still listed by squeue at the last poll.")
+    last_seen_at = models.DateTimeField()
+
+    objects = scoped_queryset("cluster__tenant").as_manager()
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["cluster", "job_id"], name="job_id_unique_in_cluster")]
+        indexes = [
+            models.Index(fields=["cluster", "owner", "-submit_time"], name="job_owner_recent"),
+            models.Index(fields=["cluster", "-submit_time"], name="job_cluster_recent"),
+            models.Index(fields=["cluster", "in_queue"], name="job_in_queue"),
+        ]
+
+    def __str__(self):
+        return f"{self.job_id} {self.name} ({self.state})"
