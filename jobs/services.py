@@ -56,7 +56,10 @@ def refresh_jobs(cluster: Cluster) -> PollResult:
     if not result.ok:
         raise PollError(f"squeue failed: {result.error_text()}")
     queued = slurm.parse_squeue(result.stdout)
-    owners = {a.posix_username: a for a in ClusterAccount.objects.filter(cluster=cluster).order_by("pk")}
+    owners: dict[str, ClusterAccount] = {}
+    # Several portal users may share a POSIX user (demo without root): the active one first, then the oldest.
+    for account in sorted(ClusterAccount.objects.filter(cluster=cluster), key=lambda a: (a.state != ClusterAccount.State.ACTIVE, a.pk)):
+        owners.setdefault(account.posix_username, account)
     now = timezone.now()
     rows = [
         Job(

@@ -14,5 +14,11 @@ if [ -z "${CLUSTERRA_DATABASE_URL:-}" ]; then
   pg_isready -q -h 127.0.0.1 -p 5432 || { echo "PostgreSQL is not reachable on 127.0.0.1:5432; set CLUSTERRA_DATABASE_URL." >&2; exit 1; }
   export CLUSTERRA_DATABASE_URL=postgres://postgres@127.0.0.1:5432/clusterra
 fi
+# A live single-node Slurm (munge, slurmdbd, slurmctld, slurmd) for the jobs tests; needs root.
+if [ "$(id -u)" -eq 0 ]; then
+  scripts/slurm-local.sh up
+else
+  echo "Not root: scripts/slurm-local.sh up must have been run as root for the Slurm tests." >&2
+fi
 export CLUSTERRA_DATA_DIR=${CLUSTERRA_TEST_DATA_DIR:-$(mktemp -d -t clusterra-test.XXXXXX)}
 exec .venv/bin/pytest --create-db "$@"

@@ -1,0 +1,112 @@
+"""Against the live single-node Slurm that `make test` starts (scripts/slurm-local.sh); never skipped."""
+
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from clusters.executors import LocalExecutor
+from clusters.models import Cluster, ClusterAccount
+from clusters.services import map_account
+from jobs import slurm
+from jobs.models import Job
+from jobs.services import finish_from_accounting, refresh_jobs
+from tests.conftest import _ensure_posix_user
+
+pytestmark = [pytest.mark.django_db, pytest.mark.slow, pytest.mark.slurm]
+
+
+@pytest.fixture(scope="session")
+def live_slurm():
+    assert shutil.which("sinfo"), "Slurm is not installed: make test runs scripts/slurm-local.sh up"
+    out = subprocess.run(["sinfo", "-h", "-N", "-o", "%T"], capture_output=True, text=True, timeout=30)
+    states = set(out.stdout.split())  # one line per node and partition
+    assert out.returncode == 0 and states and states <= {"idle", "mixed", "allocated"}, (out.stdout, out.stderr)
+
+
+@pytest.fixture
+def slurm_cast(cast, live_slurm):
+    """bob → the tests' POSIX user; alice → a second one; the poller runs as a third, unprivileged one."""
+    other = _ensure_posix_user("clusterra-t2")
+    poller = _ensure_posix_user("clusterra-poll")
+    map_account(cluster=cast.hpc, user=cast.alice, posix_username=other.pw_name, uid=other.pw_uid)
+    Cluster.objects.filter(pk=cast.hpc.pk).update(poll_posix_username=poller.pw_name, poll_uid=poller.pw_uid)
+    cast.hpc.refresh_from_db()
+    cast.bob_account = ClusterAccount.objects.get(cluster=cast.hpc, user=cast.bob)
+    cast.alice_account = ClusterAccount.objects.get(cluster=cast.hpc, user=cast.alice)
+    yield cast
+    for account in (cast.bob_account, cast.alice_account):
+        LocalExecutor().run(account, ["scancel", f"--user={account.posix_username}"], timeout=30)
+
+
+def submit(account, script: str, **options) -> str:
+    home = Path(f"/home/{account.posix_username}")
+    script_path = home / f"job-{time.monotonic_ns()}.sh"
+    result = LocalExecutor().run(account, ["sh", "-c", 'cat > "$1" && chmod 700 "$1"', "sh", str(script_path)], stdin=script.encode())
+    assert result.ok, result.error_text()
+    argv = slurm.sbatch_argv(slurm.SubmitOptions(working_directory=str(home), **options), str(script_path))
+    result = LocalExecutor().run(account, argv, env=slurm.SLURM_ENV)
+    assert result.ok, result.error_text()
+    return slurm.parse_sbatch(result.stdout)
+
+
+def wait_for_state(cluster, job_id, states, timeout=30) -> Job:
+    deadline = time.monotonic() + timeout
+    while True:
+        refresh_jobs(cluster)
+        job = Job.objects.filter(cluster=cluster, job_id=job_id).first()
+        if job is not None and job.state in states:
+            return job
+        assert time.monotonic() < deadline, f"job {job_id} never reached {states}: {job and job.state}"
+        time.sleep(0.3)
+
+
+def test_submitted_job_reaches_the_cache_and_completes(slurm_cast):
+    c = slurm_cast
+    job_id = submit(c.bob_account, "#!/bin/bash\necho hello from $(whoami)\nexit 3\n", name="we|ird name ✓", partition="batch")
+    job = wait_for_state(c.hpc, job_id, {"COMPLETED", "FAILED"})
+    assert job.owner == c.bob_account and job.posix_user == c.posix.pw_name
+    assert job.name == "we|ird name ✓" and job.partition == "batch" and job.work_dir == c.posix.pw_dir
+    assert job.state == "FAILED" and job.in_queue
+    output = Path(c.posix.pw_dir) / f"slurm-{job_id}.out"
+    assert output.read_text() == f"hello from {c.posix.pw_name}\n"
+    # What sacct says once a job has left the queue: final state and exit code.
+    finish_from_accounting(c.hpc, [Job.objects.select_related("owner").get(pk=job.pk)])
+    job.refresh_from_db()
+    assert job.state == "FAILED" and job.exit_code == 3 and job.end_time is not None
+
+
+def test_cancel_own_job_but_not_another_users(slurm_cast):
+    c = slurm_cast
+    job_id = submit(c.bob_account, "#!/bin/bash\nsleep 300\n", time_limit="5")
+    refused = LocalExecutor().run(c.alice_account, slurm.scancel_argv(job_id))
+    assert not refused.ok and "Access/permission denied" in refused.error_text()
+    assert LocalExecutor().run(c.bob_account, slurm.scancel_argv(job_id)).ok
+    job = wait_for_state(c.hpc, job_id, {"CANCELLED"})
+    assert job.owner == c.bob_account
+
+
+def test_slurm_errors_come_back_in_slurms_words(slurm_cast):
+    c = slurm_cast
+    argv = slurm.sbatch_argv(slurm.SubmitOptions(working_directory=c.posix.pw_dir, partition="nosuch"), None)
+    result = LocalExecutor().run(c.bob_account, argv, stdin=b"#!/bin/sh\ntrue\n")
+    assert not result.ok and "Invalid partition name specified" in result.error_text()
+
+
+def test_jobs_that_left_the_queue_are_marked(slurm_cast):
+    c = slurm_cast
+    ghost = Job.objects.create(cluster=c.hpc, job_id="999999", posix_user="nobody-here", state="RUNNING",
+                               in_queue=True, last_seen_at="2026-01-01T00:00:00Z")
+    result = refresh_jobs(c.hpc)
+    ghost.refresh_from_db()
+    assert not ghost.in_queue and result.jobs_left_queue >= 1
+
+
+def test_partitions_from_the_live_cluster(slurm_cast):
+    c = slurm_cast
+    result = LocalExecutor().run(c.bob_account, slurm.sinfo_argv(), env=slurm.SLURM_ENV)
+    partitions = {p.name: p for p in slurm.parse_sinfo(result.stdout)}
+    assert partitions["debug"].is_default and not partitions["batch"].is_default
+    assert partitions["debug"].cpus_total >= 1
