@@ -151,6 +151,17 @@ else:
     # One process only: revocation reaches the sessions of this process. Production sets Redis.
     CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
 
+# --- Celery (the job poller) ---------------------------------------------------------------
+CELERY_BROKER_URL = env_str("CLUSTERRA_CELERY_BROKER_URL", _redis_url or "redis://127.0.0.1:6379/0")
+CELERY_TASK_IGNORE_RESULT = True
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+# Beat only ticks; each tick polls the clusters whose own interval (Cluster.poll_interval) is due.
+CELERY_BEAT_SCHEDULE = {
+    "poll-due-clusters": {"task": "jobs.tasks.poll_due_clusters", "schedule": env_int("CLUSTERRA_POLL_TICK", 2, minimum=1)},
+}
+# Redis for the poller's per-cluster due/lock keys (the same server as the broker by default).
+POLL_LOCK_REDIS_URL = env_str("CLUSTERRA_POLL_LOCK_REDIS_URL", CELERY_BROKER_URL)
+
 # --- Terminal ---------------------------------------------------------------------------------
 RECORDINGS_DIR = env_path("CLUSTERRA_RECORDINGS_DIR", DATA_DIR / "recordings")
 TERMINAL_MIN_UID = env_int("CLUSTERRA_TERMINAL_MIN_UID", 1000, minimum=1)

@@ -110,3 +110,62 @@ def test_partitions_from_the_live_cluster(slurm_cast):
     partitions = {p.name: p for p in slurm.parse_sinfo(result.stdout)}
     assert partitions["debug"].is_default and not partitions["batch"].is_default
     assert partitions["debug"].cpus_total >= 1
+
+
+def test_claim_poll_is_one_per_interval(slurm_cast):
+    import redis
+    from django.conf import settings
+
+    from jobs.tasks import claim_poll
+
+    client = redis.Redis.from_url(settings.POLL_LOCK_REDIS_URL)
+    client.delete(f"clusterra:poll:{slurm_cast.hpc.pk}")
+    assert claim_poll(slurm_cast.hpc, client)
+    assert not claim_poll(slurm_cast.hpc, client)  # a second worker, or the next tick: not due yet
+    assert 0 < client.ttl(f"clusterra:poll:{slurm_cast.hpc.pk}") <= slurm_cast.hpc.poll_interval
+    client.delete(f"clusterra:poll:{slurm_cast.hpc.pk}")
+
+
+@pytest.mark.django_db(transaction=True)
+def test_celery_worker_and_beat_keep_the_cache_fresh(slurm_cast, tmp_path):
+    """The real thing: a Celery worker with beat, on the local Redis, against the test database."""
+    import os
+    import sys
+
+    from django.conf import settings
+    from django.db import connection
+
+    c = slurm_cast
+    Cluster.objects.filter(pk=c.hpc.pk).update(poll_interval=2)
+    s = connection.settings_dict
+    env = {
+        **os.environ,
+        "CLUSTERRA_DATABASE_URL": f"postgres://{s['USER']}@{s['HOST']}:{s['PORT']}/{s['NAME']}",
+        "CLUSTERRA_DATA_DIR": str(tmp_path),
+        "CLUSTERRA_SECRET_KEY": settings.SECRET_KEY,
+        "CLUSTERRA_CELERY_BROKER_URL": "redis://127.0.0.1:6379/14",  # the tests' own Redis database
+        "CLUSTERRA_POLL_TICK": "1",
+    }
+    import redis
+
+    redis.Redis.from_url(env["CLUSTERRA_CELERY_BROKER_URL"]).flushdb()
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "celery", "-A", "clusterra", "worker", "--beat", "--pool=solo", "--loglevel=INFO",
+         f"--schedule={tmp_path / 'beat-schedule'}"],
+        cwd=Path(__file__).resolve().parent.parent, env=env, stdout=open(tmp_path / "celery.log", "w"), stderr=subprocess.STDOUT,
+    )
+    try:
+        job_id = submit(c.bob_account, "#!/bin/bash\nsleep 1\n", name="polled")
+        deadline = time.monotonic() + 30
+        while not Job.objects.filter(cluster=c.hpc, job_id=job_id, state="COMPLETED").exists():
+            assert worker.poll() is None, (tmp_path / "celery.log").read_text()[-2000:]
+            assert time.monotonic() < deadline, (tmp_path / "celery.log").read_text()[-2000:]
+            time.sleep(0.5)
+        job = Job.objects.get(cluster=c.hpc, job_id=job_id)
+        assert job.owner == c.bob_account and job.name == "polled"
+    finally:
+        worker.terminate()
+        try:
+            worker.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            worker.kill()
