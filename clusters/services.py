@@ -26,3 +26,17 @@ def map_account(*, cluster: Cluster, user, posix_username: str, uid: int, state:
         record_event("cluster_account.set", tenant=cluster.tenant, actor=actor, target=account,
                      data={"user": user.email, "posix_username": posix_username, "uid": uid, "state": state})
     return account
+
+
+def configure_polling(cluster: Cluster, *, posix_username: str, uid: int, interval: int | None = None, actor=None) -> None:
+    """Set the unprivileged POSIX user the job poller runs squeue as (and optionally its interval)."""
+    fields = {"poll_posix_username": posix_username, "poll_uid": uid}
+    if interval is not None:
+        fields["poll_interval"] = interval
+    if all(getattr(cluster, name) == value for name, value in fields.items()):
+        return
+    for name, value in fields.items():
+        setattr(cluster, name, value)
+    cluster.full_clean()
+    cluster.save(update_fields=list(fields))
+    record_event("cluster.polling.set", tenant=cluster.tenant, actor=actor, target=cluster, data=fields)

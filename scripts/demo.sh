@@ -4,6 +4,12 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/system-deps.sh demo
 scripts/venv.sh
+scripts/redis-up.sh
+if [ "$(id -u)" -eq 0 ]; then
+  scripts/slurm-local.sh up   # a live single-node Slurm: sinfo, sbatch, squeue work in the terminal
+else
+  echo "Not root: skipping the local Slurm (run scripts/slurm-local.sh up as root to add it)."
+fi
 export DJANGO_SETTINGS_MODULE=clusterra.settings
 py=.venv/bin/python
 $py manage.py check --fail-level ERROR
@@ -11,7 +17,15 @@ $py manage.py migrate --noinput -v0
 $py manage.py setup_demo
 $py manage.py close_stale_sessions
 port=${CLUSTERRA_PORT:-8000}
+
+# The job poller: a Celery worker with beat, stopped with the portal.
+mkdir -p data
+.venv/bin/celery -A clusterra worker --beat --pool=solo --loglevel=WARNING --schedule=data/celerybeat-schedule \
+  >data/celery.log 2>&1 &
+celery_pid=$!
+trap 'kill $celery_pid 2>/dev/null; wait $celery_pid 2>/dev/null' EXIT INT TERM
+
 echo
-echo "Clusterra is running on http://127.0.0.1:$port/ (Ctrl-C stops it)."
+echo "Clusterra is running on http://127.0.0.1:$port/ (Ctrl-C stops it). Job poller log: data/celery.log"
 # Sessions end by their own idle/max-duration rules, so daphne's 24 h WebSocket cap is turned off.
-exec .venv/bin/daphne -b 127.0.0.1 -p "$port" --websocket_timeout -1 clusterra.asgi:application
+.venv/bin/daphne -b 127.0.0.1 -p "$port" --websocket_timeout -1 clusterra.asgi:application

@@ -11,6 +11,7 @@ python3 -c 'import venv, ensurepip' 2>/dev/null || missing+=(python3-venv)
 command -v npm >/dev/null || missing+=(npm)
 command -v setsid >/dev/null && command -v runuser >/dev/null || missing+=(util-linux)
 command -v useradd >/dev/null || missing+=(passwd)
+command -v redis-server >/dev/null || missing+=(redis-server)  # Celery broker and the poller's locks
 if [ "$mode" = test ]; then
   command -v chromium >/dev/null || missing+=(chromium)
   command -v pg_isready >/dev/null || missing+=(postgresql-client)

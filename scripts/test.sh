@@ -14,6 +14,7 @@ if [ -z "${CLUSTERRA_DATABASE_URL:-}" ]; then
   pg_isready -q -h 127.0.0.1 -p 5432 || { echo "PostgreSQL is not reachable on 127.0.0.1:5432; set CLUSTERRA_DATABASE_URL." >&2; exit 1; }
   export CLUSTERRA_DATABASE_URL=postgres://postgres@127.0.0.1:5432/clusterra
 fi
+scripts/redis-up.sh
 # A live single-node Slurm (munge, slurmdbd, slurmctld, slurmd) for the jobs tests; needs root.
 if [ "$(id -u)" -eq 0 ]; then
   scripts/slurm-local.sh up

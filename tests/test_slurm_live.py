@@ -9,7 +9,7 @@ import pytest
 
 from clusters.executors import LocalExecutor
 from clusters.models import Cluster, ClusterAccount
-from clusters.services import map_account
+from clusters.services import configure_polling, map_account
 from jobs import slurm
 from jobs.models import Job
 from jobs.services import finish_from_accounting, refresh_jobs
@@ -32,8 +32,7 @@ def slurm_cast(cast, live_slurm):
     other = _ensure_posix_user("clusterra-t2")
     poller = _ensure_posix_user("clusterra-poll")
     map_account(cluster=cast.hpc, user=cast.alice, posix_username=other.pw_name, uid=other.pw_uid)
-    Cluster.objects.filter(pk=cast.hpc.pk).update(poll_posix_username=poller.pw_name, poll_uid=poller.pw_uid)
-    cast.hpc.refresh_from_db()
+    configure_polling(cast.hpc, posix_username=poller.pw_name, uid=poller.pw_uid)
     cast.bob_account = ClusterAccount.objects.get(cluster=cast.hpc, user=cast.bob)
     cast.alice_account = ClusterAccount.objects.get(cluster=cast.hpc, user=cast.alice)
     yield cast

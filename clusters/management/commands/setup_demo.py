@@ -10,7 +10,7 @@ from django.core.management.base import BaseCommand, CommandError
 
 from accounts.models import Membership
 from accounts.services import ensure_tenant, ensure_user, set_membership
-from clusters.services import ensure_cluster, map_account
+from clusters.services import configure_polling, ensure_cluster, map_account
 
 DEMO_USERS = [
     ("alice@demo.test", "Alice Admin", "alice", Membership.Role.ADMIN),
@@ -62,6 +62,10 @@ class Command(BaseCommand):
             set_membership(tenant=tenant, user=user, role=role)
             entry = ensure_posix_user(posix_name) if as_root else pwd.getpwuid(os.geteuid())
             map_account(cluster=cluster, user=user, posix_username=entry.pw_name, uid=entry.pw_uid)
+
+        # The job poller runs squeue as an unprivileged service user (never root).
+        poller = ensure_posix_user("clusterra-poll") if as_root else pwd.getpwuid(os.geteuid())
+        configure_polling(cluster, posix_username=poller.pw_name, uid=poller.pw_uid)
 
         self.stdout.write("Demo logins (tenant 'demo', cluster 'local'):")
         for email, _name, posix_name, role in DEMO_USERS:
