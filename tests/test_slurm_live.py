@@ -168,3 +168,34 @@ def test_celery_worker_and_beat_keep_the_cache_fresh(slurm_cast, tmp_path):
             worker.wait(timeout=20)
         except subprocess.TimeoutExpired:
             worker.kill()
+
+
+def test_submit_and_cancel_actions(slurm_cast):
+    from audit.models import AuditEvent
+    from jobs.actions import JobActionError, SubmitRequest, cancel_job, submit_job
+    from jobs.validation import JobRequestError
+
+    c = slurm_cast
+    home = c.posix.pw_dir
+    script = Path(home) / "action-test.sh"
+    LocalExecutor().run(c.bob_account, ["sh", "-c", 'printf "#!/bin/bash\\nsleep 120\\n" > "$1"', "sh", str(script)])
+    job = submit_job(c.bob_account, SubmitRequest(script_path=str(script), name="via action", time_limit="5"), actor=c.bob)
+    assert job.owner == c.bob_account and job.name == "via action" and job.work_dir == home
+    assert job.stdout_path == f"{home}/slurm-{job.job_id}.out" and job.time_limit == 300
+    assert AuditEvent.objects.filter(action="job.submit", target_id=str(job.pk), actor=c.bob).exists()
+
+    inline = submit_job(c.bob_account, SubmitRequest(script="#!/bin/bash\ntrue\n", partition="batch"), actor=c.bob)
+    assert inline.partition == "batch" and inline.work_dir == home
+
+    with pytest.raises(JobActionError, match="Invalid partition name specified"):
+        submit_job(c.bob_account, SubmitRequest(script="#!/bin/sh\ntrue\n", partition="nosuch"), actor=c.bob)
+    with pytest.raises(JobRequestError, match="inside"):
+        submit_job(c.bob_account, SubmitRequest(script_path="/etc/passwd"), actor=c.bob)
+    with pytest.raises(JobActionError, match="Unable to open file|No such file"):
+        submit_job(c.bob_account, SubmitRequest(script_path=f"{home}/missing.sh"), actor=c.bob)
+
+    with pytest.raises(JobActionError, match="Access/permission denied") as denied:
+        cancel_job(c.alice_account, job, actor=c.alice)
+    assert denied.value.status == 403
+    cancelled = cancel_job(c.bob_account, job, actor=c.bob)
+    assert cancelled.state == "CANCELLED"

@@ -1,0 +1,148 @@
+"""The write path for what users do to jobs: submit and cancel. Each runs Slurm as the user's own
+POSIX account through the cluster's executor and writes an audit event."""
+
+import posixpath
+from dataclasses import dataclass, field
+
+from django.utils import timezone
+
+from audit.services import record_event
+from clusters.executors import ExecutorError, executor_for
+from clusters.models import ClusterAccount
+from jobs import slurm, validation
+from jobs.models import Job
+
+SUBMIT_TIMEOUT = 30
+
+
+class JobActionError(Exception):
+    """Slurm (or the executor) refused; the message is Slurm's own words where there are any."""
+
+    def __init__(self, message: str, *, status: int = 400):
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass
+class SubmitRequest:
+    script_path: str | None = None
+    script: str | None = None
+    working_directory: str | None = None
+    name: str | None = None
+    partition: str | None = None
+    time_limit: str | None = None
+    nodes: int | None = None
+    ntasks: int | None = None
+    cpus_per_task: int | None = None
+    memory: str | None = None
+    gpus: str | None = None
+    array: str | None = None
+    dependency: str | None = None
+    account: str | None = None
+    qos: str | None = None
+    environment: dict[str, str] = field(default_factory=dict)
+
+
+def allowed_roots(account: ClusterAccount) -> list[str]:
+    return [account.cluster.home_directory(account.posix_username), *account.cluster.shared_roots]
+
+
+def _options(account: ClusterAccount, request: SubmitRequest) -> tuple[slurm.SubmitOptions, str | None, bytes | None]:
+    """Validate everything at the edge; raise JobRequestError naming the field."""
+    roots = allowed_roots(account)
+    if bool(request.script_path) == bool(request.script):
+        raise validation.JobRequestError("script_path", "give exactly one of script_path (preferred) or script.")
+    script_path = validation.clean_path("script_path", request.script_path, roots) if request.script_path else None
+    stdin = validation.clean_inline_script(request.script) if request.script else None
+    if request.working_directory:
+        workdir = validation.clean_path("working_directory", request.working_directory, roots)
+    else:
+        workdir = posixpath.dirname(script_path) if script_path else roots[0]
+    choice = {name: validation.clean_choice(name, getattr(request, name), *validation.PATTERNS[name]) for name in validation.PATTERNS}
+    options = slurm.SubmitOptions(
+        working_directory=workdir, name=validation.clean_name(request.name),
+        nodes=validation.clean_count("nodes", request.nodes, 10_000),
+        ntasks=validation.clean_count("ntasks", request.ntasks, 1_000_000),
+        cpus_per_task=validation.clean_count("cpus_per_task", request.cpus_per_task, 10_000),
+        environment=validation.clean_environment(request.environment), **choice,
+    )
+    return options, script_path, stdin
+
+
+def _run(account: ClusterAccount, argv: list[str], *, stdin: bytes | None = None, env=None):
+    try:
+        return executor_for(account.cluster).run(account, argv, stdin=stdin, env={**slurm.SLURM_ENV, **(env or {})},
+                                                 timeout=SUBMIT_TIMEOUT)
+    except ExecutorError as exc:
+        raise JobActionError(str(exc), status=502) from None
+
+
+def sync_job(account: ClusterAccount, job_id: str) -> Job | None:
+    """Read one job with `scontrol show job` as the user and store what it says (submit, cancel, detail)."""
+    result = _run(account, slurm.scontrol_show_job_argv(job_id))
+    if not result.ok:
+        return None  # purged from slurmctld's memory: the cache keeps what the poller and sacct said
+    records = slurm.parse_scontrol_show_job(result.stdout)
+    record = next((r for r in records if r.get("JobId") == job_id.split("_")[0] or slurm_id(r) == job_id), None)
+    if record is None:
+        return None
+    return _store(account, slurm_id(record), record)
+
+
+def slurm_id(record: dict[str, str]) -> str:
+    if record.get("ArrayJobId") and record.get("ArrayTaskId"):
+        task = record["ArrayTaskId"]
+        return f"{record['ArrayJobId']}_{task}" if task.isdigit() else f"{record['ArrayJobId']}_[{task}]"
+    return record.get("JobId", "")
+
+
+def _store(account: ClusterAccount, job_id: str, r: dict[str, str]) -> Job:
+    text = slurm._text
+    code, _sig = slurm._exit_code(r.get("ExitCode", ""))
+    user = r.get("UserId", "").split("(", 1)[0]
+    fields = dict(
+        array_job_id=slurm._int(r.get("ArrayJobId", "")), array_task_id=text(r.get("ArrayTaskId", "")),
+        owner=account if user == account.posix_username else None, posix_user=user,
+        slurm_account=text(r.get("Account", "")), name=r.get("JobName", "")[:255], partition=text(r.get("Partition", "")),
+        state=r.get("JobState", ""), reason=text(r.get("Reason", ""))[:255],
+        submit_time=slurm.parse_epoch(r.get("SubmitTime", "")), start_time=slurm.parse_epoch(r.get("StartTime", "")),
+        end_time=slurm.parse_epoch(r.get("EndTime", "")) if r.get("JobState") not in ("PENDING", "RUNNING") else None,
+        time_limit=slurm.parse_duration(r.get("TimeLimit", "")), nodes=slurm._int(r.get("NumNodes", "")),
+        cpus=slurm._int(r.get("NumCPUs", "")), gres=text(r.get("JOB_GRES", r.get("TresPerNode", "")))[:255],
+        node_list=text(r.get("NodeList", ""))[:1024], work_dir=text(r.get("WorkDir", ""))[:4096],
+        stdout_path=text(r.get("StdOut", ""))[:4096], stderr_path=text(r.get("StdErr", ""))[:4096],
+        exit_code=code if r.get("JobState") not in ("PENDING", "RUNNING") else None, last_seen_at=timezone.now(),
+    )
+    mem = r.get("MinMemoryNode") or r.get("MinMemoryCPU")
+    if mem:
+        fields["memory_mb"] = slurm.parse_memory_mb(mem)
+    job, _ = Job.objects.update_or_create(cluster=account.cluster, job_id=job_id, defaults=fields)
+    return job
+
+
+def submit_job(account: ClusterAccount, request: SubmitRequest, *, actor, client_address=None) -> Job:
+    if account.state != ClusterAccount.State.ACTIVE:
+        raise JobActionError("Your account on this cluster is not active.", status=403)
+    options, script_path, stdin = _options(account, request)
+    result = _run(account, slurm.sbatch_argv(options, script_path), stdin=stdin, env=options.environment)
+    if not result.ok:
+        raise JobActionError(result.error_text())
+    job_id = slurm.parse_sbatch(result.stdout)
+    job = sync_job(account, job_id) or Job.objects.get_or_create(
+        cluster=account.cluster, job_id=job_id,
+        defaults={"owner": account, "posix_user": account.posix_username, "state": "PENDING", "last_seen_at": timezone.now()},
+    )[0]
+    record_event("job.submit", tenant=account.cluster.tenant, actor=actor, target=job, client_address=client_address,
+                 data={"cluster": account.cluster.slug, "job_id": job_id, "script_path": script_path or "", "inline": stdin is not None,
+                       "posix_user": account.posix_username})
+    return job
+
+
+def cancel_job(account: ClusterAccount, job: Job, *, actor, client_address=None) -> Job:
+    result = _run(account, slurm.scancel_argv(job.job_id))
+    if not result.ok:
+        denied = "Access/permission denied" in result.error_text()
+        raise JobActionError(result.error_text(), status=403 if denied else 400)
+    record_event("job.cancel", tenant=account.cluster.tenant, actor=actor, target=job, client_address=client_address,
+                 data={"cluster": account.cluster.slug, "job_id": job.job_id})
+    return sync_job(account, job.job_id) or job
