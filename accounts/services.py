@@ -1,4 +1,6 @@
-"""Write path for users' own settings."""
+"""Write paths for users, tenants, memberships and API tokens (each writes its audit event)."""
+
+import secrets
 
 from audit.services import record_event
 
@@ -51,3 +53,58 @@ def set_membership(*, tenant, user, role: str, actor=None):
         membership.save(update_fields=["role"])
         record_event("membership.set", tenant=tenant, actor=actor, target=membership, data={"user": user.email, "role": role})
     return membership
+
+
+def create_api_token(*, user, tenant, name: str, days: int = 90, actor=None):
+    """Returns (token row, the token text). The text is shown once and never stored."""
+    import hashlib
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from accounts.models import ApiToken, Membership
+
+    if not Membership.objects.filter(user=user, tenant=tenant).exists():
+        raise ValueError(f"{user.email} is not a member of {tenant.slug}")
+    if not 1 <= days <= 366:
+        raise ValueError("Tokens last 1 to 366 days")
+    prefix = secrets.token_hex(6)
+    secret = secrets.token_urlsafe(32)
+    token = ApiToken.objects.create(
+        user=user, tenant=tenant, name=name[:100], prefix=prefix, secret_hash=hashlib.sha256(secret.encode()).hexdigest(),
+        expires_at=timezone.now() + timedelta(days=days),
+    )
+    record_event("api_token.create", tenant=tenant, actor=actor or user, target=token, data={"name": token.name, "days": days})
+    return token, f"ctk_{prefix}_{secret}"
+
+
+def revoke_api_token(token, *, actor) -> None:
+    from django.utils import timezone
+
+    if token.revoked_at is None:
+        token.revoked_at = timezone.now()
+        token.save(update_fields=["revoked_at"])
+        record_event("api_token.revoke", tenant=token.tenant, actor=actor, target=token)
+
+
+def authenticate_api_token(text: str):
+    """The usable ApiToken for `ctk_<prefix>_<secret>`, or None. Constant-time on the secret."""
+    import hashlib
+    import hmac
+
+    from django.utils import timezone
+
+    from accounts.models import ApiToken
+
+    parts = text.split("_", 2)
+    if len(parts) != 3 or parts[0] != "ctk":
+        return None
+    token = ApiToken.objects.select_related("user", "tenant").filter(prefix=parts[1]).first()
+    if token is None or not hmac.compare_digest(token.secret_hash, hashlib.sha256(parts[2].encode()).hexdigest()):
+        return None
+    if not token.is_usable:
+        return None
+    now = timezone.now()
+    if token.last_used_at is None or (now - token.last_used_at).total_seconds() > 60:
+        ApiToken.objects.filter(pk=token.pk).update(last_used_at=now)  # bookkeeping, at most once a minute
+    return token

@@ -2,6 +2,7 @@ from django.contrib import admin
 from django.urls import include, path
 
 from clusters import views as cluster_views
+from jobs.api import api
 
 urlpatterns = [
     path("", cluster_views.home, name="home"),
@@ -10,4 +11,5 @@ urlpatterns = [
     path("t/<slug:tenant_slug>/c/<slug:cluster_slug>/terminal/", include("terminal.urls")),
     path("t/<slug:tenant_slug>/sessions/", include("terminal.admin_urls")),
     path("admin/", admin.site.urls),
+    path("v1/", api.urls),
 ]

@@ -6,6 +6,7 @@ revoked_rita has a revoked account; charlie belongs to tenant "other" only.
 
 import os
 import pwd
+import shutil
 import subprocess
 
 import pytest
@@ -13,7 +14,9 @@ from django.conf import settings
 
 from accounts.models import Membership
 from accounts.services import ensure_tenant, ensure_user, set_membership
-from clusters.services import ensure_cluster, map_account
+from clusters.executors import LocalExecutor
+from clusters.models import ClusterAccount
+from clusters.services import configure_polling, ensure_cluster, map_account
 
 TEST_POSIX_USER = "clusterra-t1"
 PASSWORD = "correct-horse-battery"
@@ -86,3 +89,25 @@ def pytest_sessionfinish(session, exitstatus):
     if skipped and session.exitstatus == 0:
         reporter.write_line(f"CI: {skipped} test(s) were skipped; in CI that is a failure.", red=True)
         session.exitstatus = 1
+
+
+@pytest.fixture(scope="session")
+def live_slurm():
+    assert shutil.which("sinfo"), "Slurm is not installed: make test runs scripts/slurm-local.sh up"
+    out = subprocess.run(["sinfo", "-h", "-N", "-o", "%T"], capture_output=True, text=True, timeout=30)
+    states = set(out.stdout.split())  # one line per node and partition
+    assert out.returncode == 0 and states and states <= {"idle", "mixed", "allocated"}, (out.stdout, out.stderr)
+
+
+@pytest.fixture
+def slurm_cast(cast, live_slurm):
+    """bob → the tests' POSIX user; alice → a second one; the poller runs as a third, unprivileged one."""
+    other = _ensure_posix_user("clusterra-t2")
+    poller = _ensure_posix_user("clusterra-poll")
+    map_account(cluster=cast.hpc, user=cast.alice, posix_username=other.pw_name, uid=other.pw_uid)
+    configure_polling(cast.hpc, posix_username=poller.pw_name, uid=poller.pw_uid)
+    cast.bob_account = ClusterAccount.objects.get(cluster=cast.hpc, user=cast.bob)
+    cast.alice_account = ClusterAccount.objects.get(cluster=cast.hpc, user=cast.alice)
+    yield cast
+    for account in (cast.bob_account, cast.alice_account):
+        LocalExecutor().run(account, ["scancel", f"--user={account.posix_username}"], timeout=30)

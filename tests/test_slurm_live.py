@@ -1,6 +1,5 @@
 """Against the live single-node Slurm that `make test` starts (scripts/slurm-local.sh); never skipped."""
 
-import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -8,36 +7,12 @@ from pathlib import Path
 import pytest
 
 from clusters.executors import LocalExecutor
-from clusters.models import Cluster, ClusterAccount
-from clusters.services import configure_polling, map_account
+from clusters.models import Cluster
 from jobs import slurm
 from jobs.models import Job
 from jobs.services import finish_from_accounting, refresh_jobs
-from tests.conftest import _ensure_posix_user
 
 pytestmark = [pytest.mark.django_db, pytest.mark.slow, pytest.mark.slurm]
-
-
-@pytest.fixture(scope="session")
-def live_slurm():
-    assert shutil.which("sinfo"), "Slurm is not installed: make test runs scripts/slurm-local.sh up"
-    out = subprocess.run(["sinfo", "-h", "-N", "-o", "%T"], capture_output=True, text=True, timeout=30)
-    states = set(out.stdout.split())  # one line per node and partition
-    assert out.returncode == 0 and states and states <= {"idle", "mixed", "allocated"}, (out.stdout, out.stderr)
-
-
-@pytest.fixture
-def slurm_cast(cast, live_slurm):
-    """bob → the tests' POSIX user; alice → a second one; the poller runs as a third, unprivileged one."""
-    other = _ensure_posix_user("clusterra-t2")
-    poller = _ensure_posix_user("clusterra-poll")
-    map_account(cluster=cast.hpc, user=cast.alice, posix_username=other.pw_name, uid=other.pw_uid)
-    configure_polling(cast.hpc, posix_username=poller.pw_name, uid=poller.pw_uid)
-    cast.bob_account = ClusterAccount.objects.get(cluster=cast.hpc, user=cast.bob)
-    cast.alice_account = ClusterAccount.objects.get(cluster=cast.hpc, user=cast.alice)
-    yield cast
-    for account in (cast.bob_account, cast.alice_account):
-        LocalExecutor().run(account, ["scancel", f"--user={account.posix_username}"], timeout=30)
 
 
 def submit(account, script: str, **options) -> str:

@@ -1,0 +1,263 @@
+"""REST API under /v1/ (django-ninja; OpenAPI at /v1/openapi.json, interactive docs at /v1/docs).
+
+Auth: the web session (with CSRF for writes) or `Authorization: Bearer ctk_…` personal tokens, which
+are scoped to one tenant. Everything of another tenant is a 404. Errors are JSON: {"detail": "..."}.
+"""
+
+import base64
+from datetime import datetime
+
+from django.http import Http404
+from ninja import NinjaAPI, Query, Schema, Status
+from ninja.errors import HttpError
+from ninja.security import HttpBearer, SessionAuth
+
+from accounts.models import Membership
+from accounts.services import authenticate_api_token
+from clusters.executors import ExecutorError, executor_for
+from clusters.models import Cluster, ClusterAccount
+from jobs import actions, validation
+from jobs.models import Job
+
+MAX_TAIL_LINES = 10_000
+
+
+class TokenAuth(HttpBearer):
+    def authenticate(self, request, token):
+        api_token = authenticate_api_token(token)
+        if api_token is None:
+            return None
+        request.user = api_token.user
+        request.api_tenant = api_token.tenant
+        return api_token
+
+
+api = NinjaAPI(title="Clusterra API", version="1", urls_namespace="v1", auth=[TokenAuth(), SessionAuth()],
+               openapi_url="/openapi.json", docs_url="/docs")
+
+
+@api.exception_handler(validation.JobRequestError)
+def _bad_request(request, exc):
+    return api.create_response(request, {"detail": exc.message, "field": exc.field}, status=400)
+
+
+@api.exception_handler(actions.JobActionError)
+def _job_action_error(request, exc):
+    return api.create_response(request, {"detail": str(exc)}, status=exc.status)
+
+
+@api.exception_handler(Http404)
+def _not_found(request, exc):
+    return api.create_response(request, {"detail": str(exc) or "Not found."}, status=404)
+
+
+# --- scoping ------------------------------------------------------------------------------------
+def visible_clusters(request):
+    clusters = Cluster.objects.visible_to(request.user).select_related("tenant")
+    tenant = getattr(request, "api_tenant", None)
+    return clusters.filter(tenant=tenant) if tenant is not None else clusters
+
+
+def get_cluster(request, cluster_id: int) -> Cluster:
+    cluster = visible_clusters(request).filter(pk=cluster_id).first()
+    if cluster is None:
+        raise Http404("No such cluster.")
+    return cluster
+
+
+def active_account(request, cluster: Cluster) -> ClusterAccount:
+    account = ClusterAccount.objects.select_related("cluster__tenant").filter(cluster=cluster, user=request.user).first()
+    if account is None or account.state != ClusterAccount.State.ACTIVE:
+        raise HttpError(403, f"You have no active account on {cluster.name}.")
+    return account
+
+
+def is_tenant_admin(request, cluster: Cluster) -> bool:
+    return Membership.objects.filter(tenant=cluster.tenant_id, user=request.user, role=Membership.Role.ADMIN).exists()
+
+
+def get_job(request, cluster: Cluster, job_id: str) -> Job:
+    jobs = Job.objects.filter(cluster=cluster, job_id=job_id).select_related("owner")
+    if not is_tenant_admin(request, cluster):
+        jobs = jobs.filter(owner__user=request.user)
+    job = jobs.first()
+    if job is None:
+        raise Http404("No such job.")
+    return job
+
+
+# --- schemas --------------------------------------------------------------------------------------
+class ClusterOut(Schema):
+    id: int
+    name: str
+    slug: str
+    tenant: str
+    backend: str
+    posix_username: str | None
+
+
+class JobOut(Schema):
+    job_id: str
+    array_job_id: int | None
+    array_task_id: str
+    name: str
+    user: str
+    partition: str
+    state: str
+    reason: str
+    submit_time: datetime | None
+    start_time: datetime | None
+    end_time: datetime | None
+    time_limit: int | None
+    nodes: int | None
+    cpus: int | None
+    memory_mb: int | None
+    gres: str
+    node_list: str
+    work_dir: str
+    stdout_path: str
+    stderr_path: str
+    exit_code: int | None
+    in_queue: bool
+
+    @staticmethod
+    def resolve_user(obj: Job) -> str:
+        return obj.posix_user
+
+
+class JobPage(Schema):
+    items: list[JobOut]
+    next_cursor: str | None
+
+
+class SubmitIn(Schema):
+    script_path: str | None = None
+    script: str | None = None
+    working_directory: str | None = None
+    name: str | None = None
+    partition: str | None = None
+    time_limit: str | None = None
+    nodes: int | None = None
+    ntasks: int | None = None
+    cpus_per_task: int | None = None
+    memory: str | None = None
+    gpus: str | None = None
+    array: str | None = None
+    dependency: str | None = None
+    account: str | None = None
+    qos: str | None = None
+    environment: dict[str, str] | None = None
+
+
+class JobFilters(Schema):
+    state: str | None = None
+    partition: str | None = None
+    name: str | None = None
+    user: str | None = None
+    cursor: str | None = None
+    limit: int = 50
+
+
+class OutputOut(Schema):
+    job_id: str
+    path: str
+    lines: int
+    text: str
+
+
+class ErrorOut(Schema):
+    detail: str
+
+
+# --- endpoints -----------------------------------------------------------------------------------
+@api.get("/clusters", response=list[ClusterOut], summary="Clusters you can see")
+def list_clusters(request):
+    accounts = {a.cluster_id: a for a in ClusterAccount.objects.filter(user=request.user)}
+    return [
+        ClusterOut(id=c.pk, name=c.name, slug=c.slug, tenant=c.tenant.slug, backend=c.backend,
+                   posix_username=accounts[c.pk].posix_username if c.pk in accounts else None)
+        for c in visible_clusters(request)
+    ]
+
+
+@api.post("/clusters/{cluster_id}/jobs", response={201: JobOut, 400: ErrorOut, 403: ErrorOut, 404: ErrorOut},
+          summary="Submit a job (script_path preferred)")
+def submit(request, cluster_id: int, payload: SubmitIn):
+    cluster = get_cluster(request, cluster_id)
+    account = active_account(request, cluster)
+    job = actions.submit_job(account, actions.SubmitRequest(**payload.dict()), actor=request.user,
+                             client_address=request.META.get("REMOTE_ADDR"))
+    return Status(201, job)
+
+
+def _encode_cursor(pk: int) -> str:
+    return base64.urlsafe_b64encode(str(pk).encode()).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str) -> int:
+    try:
+        return int(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode())
+    except (ValueError, UnicodeDecodeError):
+        raise HttpError(400, "cursor is not valid.") from None
+
+
+@api.get("/clusters/{cluster_id}/jobs", response={200: JobPage, 400: ErrorOut, 404: ErrorOut}, summary="List jobs (newest first)")
+def list_jobs(request, cluster_id: int, filters: Query[JobFilters]):
+    cluster = get_cluster(request, cluster_id)
+    if not 1 <= filters.limit <= 500:
+        raise HttpError(400, "limit must be from 1 to 500.")
+    jobs = Job.objects.filter(cluster=cluster)
+    if is_tenant_admin(request, cluster):
+        if filters.user:
+            jobs = jobs.filter(posix_user=filters.user)
+    elif filters.user:
+        raise HttpError(403, "Only tenant admins can list other users' jobs.")
+    else:
+        jobs = jobs.filter(owner__user=request.user)
+    if filters.state:
+        jobs = jobs.filter(state=filters.state.upper())
+    if filters.partition:
+        jobs = jobs.filter(partition=filters.partition)
+    if filters.name:
+        jobs = jobs.filter(name__icontains=filters.name)
+    if filters.cursor:
+        jobs = jobs.filter(pk__lt=_decode_cursor(filters.cursor))
+    page = list(jobs.order_by("-pk")[: filters.limit + 1])
+    next_cursor = _encode_cursor(page[filters.limit - 1].pk) if len(page) > filters.limit else None
+    return {"items": page[: filters.limit], "next_cursor": next_cursor}
+
+
+@api.get("/clusters/{cluster_id}/jobs/{job_id}", response={200: JobOut, 404: ErrorOut}, summary="One job")
+def job_detail(request, cluster_id: int, job_id: str):
+    return get_job(request, get_cluster(request, cluster_id), job_id)
+
+
+@api.delete("/clusters/{cluster_id}/jobs/{job_id}", response={200: JobOut, 403: ErrorOut, 404: ErrorOut}, summary="Cancel a job")
+def cancel(request, cluster_id: int, job_id: str):
+    cluster = get_cluster(request, cluster_id)
+    job = get_job(request, cluster, job_id)
+    account = active_account(request, cluster)
+    return actions.cancel_job(account, job, actor=request.user, client_address=request.META.get("REMOTE_ADDR"))
+
+
+@api.get("/clusters/{cluster_id}/jobs/{job_id}/output", response={200: OutputOut, 400: ErrorOut, 404: ErrorOut},
+         summary="The last lines of the job's standard output")
+def job_output(request, cluster_id: int, job_id: str, tail: int = 100):
+    cluster = get_cluster(request, cluster_id)
+    job = get_job(request, cluster, job_id)
+    account = active_account(request, cluster)
+    if not 1 <= tail <= MAX_TAIL_LINES:
+        raise HttpError(400, f"tail must be from 1 to {MAX_TAIL_LINES}.")
+    if not job.stdout_path:
+        actions.sync_job(account, job.job_id)
+        job.refresh_from_db()
+    if not job.stdout_path:
+        raise HttpError(404, "Slurm did not report an output file for this job.")
+    try:
+        result = executor_for(cluster).run(account, ["tail", "-n", str(tail), "--", job.stdout_path], timeout=15)
+    except ExecutorError as exc:
+        raise HttpError(502, str(exc)) from None
+    if not result.ok:
+        raise HttpError(404, result.error_text())
+    text = result.stdout.decode("utf-8", "replace")
+    return {"job_id": job.job_id, "path": job.stdout_path, "lines": text.count("\n"), "text": text}

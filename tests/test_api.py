@@ -1,0 +1,165 @@
+"""REST API /v1 against the live Slurm, with tokens and sessions, and the tenant cast."""
+
+import time
+from datetime import timedelta
+from io import StringIO
+
+import pytest
+from django.core.management import call_command
+from django.test import Client
+from django.utils import timezone
+
+from accounts.models import ApiToken
+from accounts.services import create_api_token, revoke_api_token
+from clusters.executors import LocalExecutor
+from jobs.models import Job
+from jobs.services import refresh_jobs
+
+pytestmark = [pytest.mark.django_db, pytest.mark.slow, pytest.mark.slurm]
+
+
+def bearer(token: str) -> dict:
+    return {"HTTP_AUTHORIZATION": f"Bearer {token}"}
+
+
+@pytest.fixture
+def api(slurm_cast):
+    c = slurm_cast
+    _, c.bob_token = create_api_token(user=c.bob, tenant=c.acme, name="test")
+    _, c.alice_token = create_api_token(user=c.alice, tenant=c.acme, name="test")
+    _, c.charlie_token = create_api_token(user=c.charlie, tenant=c.other, name="test")
+    c.jobs_url = f"/v1/clusters/{c.hpc.pk}/jobs"
+    c.client = Client()
+    return c
+
+
+def write_script(account, name: str, body: str) -> str:
+    path = f"/home/{account.posix_username}/{name}"
+    assert LocalExecutor().run(account, ["sh", "-c", 'cat > "$1"', "sh", path], stdin=body.encode()).ok
+    return path
+
+
+def test_token_command_prints_a_working_token(api):
+    out = StringIO()
+    call_command("create_api_token", "bob@acme.test", stdout=out)
+    token = out.getvalue().strip()
+    assert token.startswith("ctk_")
+    stored = ApiToken.objects.filter(user=api.bob).latest("created_at")
+    assert token.split("_", 2)[2] not in stored.secret_hash  # only a hash is kept
+    response = api.client.get("/v1/clusters", **bearer(token))
+    assert response.status_code == 200
+    assert [c["slug"] for c in response.json()] == ["hpc"]
+
+
+def test_bad_expired_and_revoked_tokens(api):
+    assert api.client.get("/v1/clusters", **bearer("ctk_nope_nope")).status_code == 401
+    assert api.client.get("/v1/clusters").status_code == 401
+    token, text = create_api_token(user=api.bob, tenant=api.acme, name="old")
+    ApiToken.objects.filter(pk=token.pk).update(expires_at=timezone.now() - timedelta(seconds=1))
+    assert api.client.get("/v1/clusters", **bearer(text)).status_code == 401
+    token, text = create_api_token(user=api.bob, tenant=api.acme, name="revoked")
+    revoke_api_token(token, actor=api.alice)
+    assert api.client.get("/v1/clusters", **bearer(text)).status_code == 401
+
+
+def test_submit_list_show_output(api):
+    script = write_script(api.bob_account, "api-hello.sh", "#!/bin/bash\necho api says hi\n")
+    response = api.client.post(api.jobs_url, {"script_path": script, "name": "api job"}, content_type="application/json",
+                               **bearer(api.bob_token))
+    assert response.status_code == 201, response.content
+    job = response.json()
+    assert job["name"] == "api job" and job["user"] == api.posix.pw_name and job["work_dir"] == api.posix.pw_dir
+    deadline = time.monotonic() + 30
+    while Job.objects.get(cluster=api.hpc, job_id=job["job_id"]).state != "COMPLETED":
+        assert time.monotonic() < deadline
+        refresh_jobs(api.hpc)
+        time.sleep(0.3)
+    detail = api.client.get(f"{api.jobs_url}/{job['job_id']}", **bearer(api.bob_token)).json()
+    assert detail["state"] == "COMPLETED"
+    output = api.client.get(f"{api.jobs_url}/{job['job_id']}/output?tail=5", **bearer(api.bob_token))
+    assert output.status_code == 200 and output.json()["text"] == "api says hi\n"
+    listed = api.client.get(f"{api.jobs_url}?state=completed", **bearer(api.bob_token)).json()
+    assert job["job_id"] in [j["job_id"] for j in listed["items"]]
+
+
+def test_pagination_and_filters(api):
+    for i in range(5):
+        Job.objects.create(cluster=api.hpc, job_id=str(900000 + i), owner=api.bob_account, posix_user=api.posix.pw_name,
+                           name=f"bulk {i}", partition="debug", state="PENDING", last_seen_at=timezone.now())
+    seen, cursor = [], None
+    while True:
+        url = f"{api.jobs_url}?name=bulk&limit=2" + (f"&cursor={cursor}" if cursor else "")
+        page = api.client.get(url, **bearer(api.bob_token)).json()
+        seen += [j["job_id"] for j in page["items"]]
+        cursor = page["next_cursor"]
+        if not cursor:
+            break
+    assert seen == [str(900000 + i) for i in reversed(range(5))]
+    assert api.client.get(f"{api.jobs_url}?limit=0", **bearer(api.bob_token)).status_code == 400
+    assert api.client.get(f"{api.jobs_url}?cursor=!!", **bearer(api.bob_token)).status_code == 400
+    # Members see their own jobs only and cannot ask for someone else's; admins can.
+    assert api.client.get(f"{api.jobs_url}?user=someone", **bearer(api.bob_token)).status_code == 403
+    admin_view = api.client.get(f"{api.jobs_url}?user={api.posix.pw_name}&name=bulk", **bearer(api.alice_token)).json()
+    assert len(admin_view["items"]) == 5
+
+
+@pytest.mark.parametrize("payload, field, message", [
+    ({"script_path": "relative.sh"}, "script_path", "absolute"),
+    ({"script_path": "/home/../etc/passwd"}, "script_path", "normalised"),
+    ({"script_path": "/etc/passwd"}, "script_path", "inside"),
+    ({"script_path": "/home/x.sh", "script": "#!/bin/sh\n"}, "script_path", "exactly one"),
+    ({"script": "echo no shebang"}, "script", "interpreter"),
+    ({"script": "#!/bin/sh\ntrue\n", "partition": "bad partition!"}, "partition", "not valid"),
+    ({"script": "#!/bin/sh\ntrue\n", "environment": {"SBATCH_PARTITION": "batch"}}, "environment", "cannot be set"),
+])
+def test_bad_requests_are_400_with_a_message(api, payload, field, message):
+    response = api.client.post(api.jobs_url, payload, content_type="application/json", **bearer(api.bob_token))
+    assert response.status_code == 400
+    body = response.json()
+    assert body["field"] == field and message in body["detail"]
+
+
+def test_missing_script_and_slurm_errors_are_400_in_slurms_words(api):
+    missing = api.client.post(api.jobs_url, {"script_path": f"{api.posix.pw_dir}/missing.sh"},
+                              content_type="application/json", **bearer(api.bob_token))
+    assert missing.status_code == 400 and "missing.sh" in missing.json()["detail"]
+    bad = api.client.post(api.jobs_url, {"script": "#!/bin/sh\ntrue\n", "partition": "nosuch"},
+                          content_type="application/json", **bearer(api.bob_token))
+    assert bad.status_code == 400 and "Invalid partition name specified" in bad.json()["detail"]
+
+
+def test_another_users_job_cannot_be_cancelled(api):
+    script = write_script(api.bob_account, "api-sleep.sh", "#!/bin/bash\nsleep 120\n")
+    job = api.client.post(api.jobs_url, {"script_path": script, "time_limit": "5"}, content_type="application/json",
+                          **bearer(api.bob_token)).json()
+    url = f"{api.jobs_url}/{job['job_id']}"
+    # alice (admin) sees it, but Slurm refuses her cancel: she is another POSIX user.
+    refused = api.client.delete(url, **bearer(api.alice_token))
+    assert refused.status_code == 403 and "Access/permission denied" in refused.json()["detail"]
+    cancelled = api.client.delete(url, **bearer(api.bob_token))
+    assert cancelled.status_code == 200 and cancelled.json()["state"] == "CANCELLED"
+
+
+def test_another_tenants_cluster_is_404(api):
+    assert api.client.get(api.jobs_url, **bearer(api.charlie_token)).status_code == 404
+    response = api.client.post(api.jobs_url, {"script": "#!/bin/sh\ntrue\n"}, content_type="application/json",
+                               **bearer(api.charlie_token))
+    assert response.status_code == 404 and response.json()["detail"] == "No such cluster."
+    # A token is scoped to its tenant even for a user who belongs to more than one.
+    assert [c["slug"] for c in api.client.get("/v1/clusters", **bearer(api.charlie_token)).json()] == ["hpc"]
+    assert api.client.get(f"/v1/clusters/{api.other_hpc.pk}/jobs", **bearer(api.bob_token)).status_code == 404
+
+
+def test_session_auth_needs_csrf_for_writes(api):
+    client = Client(enforce_csrf_checks=True)
+    client.force_login(api.bob)
+    assert client.get("/v1/clusters").status_code == 200
+    assert client.post(api.jobs_url, {"script": "#!/bin/sh\ntrue\n"}, content_type="application/json").status_code in (401, 403)
+
+
+def test_openapi_document(api):
+    response = api.client.get("/v1/openapi.json")
+    assert response.status_code == 200
+    paths = response.json()["paths"]
+    assert {"/v1/clusters", "/v1/clusters/{cluster_id}/jobs", "/v1/clusters/{cluster_id}/jobs/{job_id}",
+            "/v1/clusters/{cluster_id}/jobs/{job_id}/output"} <= set(paths)
