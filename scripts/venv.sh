@@ -12,6 +12,8 @@ if [ ! -f "$stamp" ] || [ "$req" -nt "$stamp" ] || [ requirements.txt -nt "$stam
   .venv/bin/pip install --disable-pip-version-check -q -r "$req" -c constraints.txt
   touch "$stamp"
 fi
+# The project itself, editable, for the `clusterra` command (.venv/bin/clusterra).
+[ -x .venv/bin/clusterra ] || .venv/bin/pip install --disable-pip-version-check -q --no-deps -e .
 # Front-end packages (xterm.js), pinned by package-lock.json.
 if [ ! -f node_modules/.package-lock.json ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
   npm ci --no-audit --no-fund --loglevel=error

@@ -2,10 +2,6 @@
 
 import os
 import shutil
-import socket
-import subprocess
-import sys
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -19,55 +15,6 @@ from tests.conftest import PASSWORD, _ensure_posix_user
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-BASE_DIR = Path(__file__).resolve().parent.parent
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _database_url() -> str:
-    """The URL of the test database pytest-django created, for the daphne subprocess."""
-    s = connection.settings_dict
-    if connection.vendor == "postgresql":
-        return f"postgres://{s['USER']}@{s['HOST']}:{s['PORT']}/{s['NAME']}"
-    return f"sqlite:///{s['NAME']}"
-
-
-@pytest.fixture
-def live_daphne(transactional_db, tmp_path, settings):
-    port = _free_port()
-    env = {
-        **os.environ,
-        "CLUSTERRA_DATABASE_URL": _database_url(),
-        "CLUSTERRA_DATA_DIR": str(tmp_path / "data"),
-        "CLUSTERRA_RECORDINGS_DIR": str(settings.RECORDINGS_DIR),
-        "CLUSTERRA_SECRET_KEY": settings.SECRET_KEY,
-    }
-    log = open(tmp_path / "daphne.log", "w")  # noqa: SIM115
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "clusterra.asgi:application"],
-        cwd=BASE_DIR, env=env, stdout=log, stderr=subprocess.STDOUT,
-    )
-    deadline = time.monotonic() + 20
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            break
-        except OSError:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                proc.kill()
-                pytest.fail(f"daphne did not start: {(tmp_path / 'daphne.log').read_text()}")
-            time.sleep(0.1)
-    yield f"http://127.0.0.1:{port}"
-    proc.terminate()
-    try:
-        proc.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-    log.close()
 
 
 @pytest.fixture
