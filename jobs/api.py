@@ -17,7 +17,7 @@ from accounts.services import authenticate_api_token
 from clusters.executors import ExecutorError, executor_for
 from clusters.models import Cluster, ClusterAccount
 from jobs import actions, validation
-from jobs.models import Job
+from jobs.models import Job, Partition
 
 MAX_TAIL_LINES = 10_000
 
@@ -125,6 +125,22 @@ class JobOut(Schema):
         return obj.posix_user
 
 
+class PartitionOut(Schema):
+    name: str
+    is_default: bool
+    available: bool
+    time_limit: int | None
+    nodes_allocated: int
+    nodes_idle: int
+    nodes_other: int
+    nodes_total: int
+    cpus_allocated: int
+    cpus_idle: int
+    cpus_other: int
+    cpus_total: int
+    updated_at: datetime
+
+
 class JobPage(Schema):
     items: list[JobOut]
     next_cursor: str | None
@@ -178,6 +194,12 @@ def list_clusters(request):
                    posix_username=accounts[c.pk].posix_username if c.pk in accounts else None)
         for c in visible_clusters(request)
     ]
+
+
+@api.get("/clusters/{cluster_id}/partitions", response={200: list[PartitionOut], 404: ErrorOut},
+         summary="Partitions with idle/allocated nodes and CPUs (as of the last poll)")
+def list_partitions(request, cluster_id: int):
+    return list(Partition.objects.filter(cluster=get_cluster(request, cluster_id)))
 
 
 @api.post("/clusters/{cluster_id}/jobs", response={201: JobOut, 400: ErrorOut, 403: ErrorOut, 404: ErrorOut},

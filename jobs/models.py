@@ -49,3 +49,31 @@ class Job(models.Model):
 
     def __str__(self):
         return f"{self.job_id} {self.name} ({self.state})"
+
+
+class Partition(models.Model):
+    """A Slurm partition and its node/CPU availability, as of the last poll."""
+
+    cluster = models.ForeignKey("clusters.Cluster", on_delete=models.CASCADE, related_name="partitions")
+    name = models.CharField(max_length=64)
+    is_default = models.BooleanField(default=False)
+    available = models.BooleanField(default=True)
+    time_limit = models.PositiveIntegerField(null=True, blank=True, help_text="Seconds; empty for UNLIMITED.")
+    nodes_allocated = models.PositiveIntegerField(default=0)
+    nodes_idle = models.PositiveIntegerField(default=0)
+    nodes_other = models.PositiveIntegerField(default=0)
+    nodes_total = models.PositiveIntegerField(default=0)
+    cpus_allocated = models.PositiveIntegerField(default=0)
+    cpus_idle = models.PositiveIntegerField(default=0)
+    cpus_other = models.PositiveIntegerField(default=0)
+    cpus_total = models.PositiveIntegerField(default=0)
+    updated_at = models.DateTimeField()
+
+    objects = scoped_queryset("cluster__tenant").as_manager()
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["cluster", "name"], name="partition_name_unique_in_cluster")]
+        ordering = ["-is_default", "name"]
+
+    def __str__(self):
+        return self.name

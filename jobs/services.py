@@ -9,7 +9,7 @@ from django.utils import timezone
 from clusters.executors import ExecutorError, executor_for
 from clusters.models import Cluster, ClusterAccount
 from jobs import slurm
-from jobs.models import Job
+from jobs.models import Job, Partition
 
 logger = logging.getLogger(__name__)
 
@@ -114,3 +114,22 @@ def finish_from_accounting(cluster: Cluster, jobs: list[Job]) -> None:
                 state=record.state, start_time=record.start_time or job.start_time, end_time=record.end_time,
                 exit_code=record.exit_code, node_list=record.node_list[:1024] or job.node_list,
             )
+
+
+def refresh_partitions(cluster: Cluster) -> int:
+    """Partitions and their idle/allocated nodes and CPUs, from one `sinfo` as the poll user."""
+    try:
+        result = executor_for(cluster).run(poll_account(cluster), slurm.sinfo_argv(), env=slurm.SLURM_ENV, timeout=POLL_TIMEOUT)
+    except ExecutorError as exc:
+        raise PollError(str(exc)) from None
+    if not result.ok:
+        raise PollError(f"sinfo failed: {result.error_text()}")
+    now = timezone.now()
+    states = slurm.parse_sinfo(result.stdout)
+    rows = [Partition(cluster=cluster, updated_at=now, **vars(p)) for p in states]
+    fields = ([f for f in vars(states[0]) if f != "name"] + ["updated_at"]) if states else []
+    with transaction.atomic():
+        if rows:
+            Partition.objects.bulk_create(rows, update_conflicts=True, unique_fields=["cluster", "name"], update_fields=fields)
+        Partition.objects.filter(cluster=cluster).exclude(name__in=[p.name for p in states]).delete()
+    return len(rows)

@@ -7,7 +7,7 @@ from celery import shared_task
 from django.conf import settings
 
 from clusters.models import Cluster
-from jobs.services import PollError, refresh_jobs
+from jobs.services import PollError, refresh_jobs, refresh_partitions
 
 logger = logging.getLogger(__name__)
 
@@ -44,6 +44,7 @@ def poll_cluster(cluster_id: int) -> None:
         return
     try:
         result = refresh_jobs(cluster)
+        refresh_partitions(cluster)
     except PollError as exc:
         logger.warning("poll of cluster %s failed: %s", cluster.slug, exc)
         return

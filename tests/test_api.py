@@ -164,5 +164,15 @@ def test_openapi_document(api):
     response = api.client.get("/v1/openapi.json")
     assert response.status_code == 200
     paths = response.json()["paths"]
-    assert {"/v1/clusters", "/v1/clusters/{cluster_id}/jobs", "/v1/clusters/{cluster_id}/jobs/{job_id}",
+    assert {"/v1/clusters", "/v1/clusters/{cluster_id}/partitions", "/v1/clusters/{cluster_id}/jobs", "/v1/clusters/{cluster_id}/jobs/{job_id}",
             "/v1/clusters/{cluster_id}/jobs/{job_id}/output"} <= set(paths)
+
+
+def test_partitions(api):
+    from jobs.services import refresh_partitions
+
+    assert refresh_partitions(api.hpc) == 2
+    partitions = api.client.get(f"/v1/clusters/{api.hpc.pk}/partitions", **bearer(api.bob_token)).json()
+    assert [(p["name"], p["is_default"]) for p in partitions] == [("debug", True), ("batch", False)]
+    assert partitions[0]["cpus_total"] >= 1 and partitions[0]["time_limit"] == 7200
+    assert api.client.get(f"/v1/clusters/{api.hpc.pk}/partitions", **bearer(api.charlie_token)).status_code == 404
