@@ -136,6 +136,7 @@ STATICFILES_DIRS = [
     ("vendor/addon-web-links", _XTERM / "addon-web-links" / "lib"),
     ("vendor/addon-search", _XTERM / "addon-search" / "lib"),
     ("vendor/addon-webgl", _XTERM / "addon-webgl" / "lib"),
+    ("vendor/htmx", BASE_DIR / "node_modules" / "htmx.org" / "dist"),
 ]
 # Serve straight from the finders, so the embedded default needs no collectstatic step
 # (`manage.py collectstatic` into STATIC_ROOT still works for a proxy that serves files itself).

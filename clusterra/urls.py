@@ -9,6 +9,7 @@ urlpatterns = [
     path("accounts/", include("accounts.urls")),
     path("t/<slug:tenant_slug>/c/<slug:cluster_slug>/", include("clusters.urls")),
     path("t/<slug:tenant_slug>/c/<slug:cluster_slug>/terminal/", include("terminal.urls")),
+    path("t/<slug:tenant_slug>/c/<slug:cluster_slug>/jobs/", include("jobs.urls")),
     path("t/<slug:tenant_slug>/sessions/", include("terminal.admin_urls")),
     path("admin/", admin.site.urls),
     path("v1/", api.urls),

@@ -4,6 +4,7 @@ from django.shortcuts import render
 from accounts.models import Membership
 from accounts.tenancy import get_visible_or_404
 from clusters.models import Cluster, ClusterAccount
+from jobs.models import Partition
 from terminal.models import TerminalSession
 
 
@@ -21,4 +22,6 @@ def cluster_detail(request, tenant_slug, cluster_slug):
     cluster = get_visible_or_404(Cluster.objects.select_related("tenant"), request.user, tenant__slug=tenant_slug, slug=cluster_slug)
     account = ClusterAccount.objects.filter(cluster=cluster, user=request.user).first()
     sessions = TerminalSession.objects.filter(cluster=cluster, user=request.user)[:20]
-    return render(request, "clusters/detail.html", {"cluster": cluster, "tenant": cluster.tenant, "account": account, "sessions": sessions})
+    partitions = Partition.objects.filter(cluster=cluster)
+    return render(request, "clusters/detail.html", {"cluster": cluster, "tenant": cluster.tenant, "account": account,
+                                                    "sessions": sessions, "partitions": partitions})

@@ -7,6 +7,7 @@ are scoped to one tenant. Everything of another tenant is a 404. Errors are JSON
 import base64
 from datetime import datetime
 
+from django.db.models import F, Q
 from django.http import Http404
 from ninja import NinjaAPI, Query, Schema, Status
 from ninja.errors import HttpError
@@ -212,15 +213,23 @@ def submit(request, cluster_id: int, payload: SubmitIn):
     return Status(201, job)
 
 
-def _encode_cursor(pk: int) -> str:
-    return base64.urlsafe_b64encode(str(pk).encode()).decode().rstrip("=")
+# Newest submissions first. The cursor is the (submit time, pk) of the last row of the page, so a page
+# boundary stays stable while the poller inserts rows. Rows without a submit time sort last.
+def _encode_cursor(job: Job) -> str:
+    stamp = job.submit_time.isoformat() if job.submit_time else ""
+    return base64.urlsafe_b64encode(f"{stamp}|{job.pk}".encode()).decode().rstrip("=")
 
 
-def _decode_cursor(cursor: str) -> int:
+def _after_cursor(jobs, cursor: str):
     try:
-        return int(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode())
+        stamp, pk = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode().split("|")
+        pk = int(pk)
+        when = datetime.fromisoformat(stamp) if stamp else None
     except (ValueError, UnicodeDecodeError):
         raise HttpError(400, "cursor is not valid.") from None
+    if when is None:
+        return jobs.filter(submit_time__isnull=True, pk__lt=pk)
+    return jobs.filter(Q(submit_time__lt=when) | Q(submit_time=when, pk__lt=pk) | Q(submit_time__isnull=True))
 
 
 @api.get("/clusters/{cluster_id}/jobs", response={200: JobPage, 400: ErrorOut, 404: ErrorOut}, summary="List jobs (newest first)")
@@ -243,9 +252,9 @@ def list_jobs(request, cluster_id: int, filters: Query[JobFilters]):
     if filters.name:
         jobs = jobs.filter(name__icontains=filters.name)
     if filters.cursor:
-        jobs = jobs.filter(pk__lt=_decode_cursor(filters.cursor))
-    page = list(jobs.order_by("-pk")[: filters.limit + 1])
-    next_cursor = _encode_cursor(page[filters.limit - 1].pk) if len(page) > filters.limit else None
+        jobs = _after_cursor(jobs, filters.cursor)
+    page = list(jobs.order_by(F("submit_time").desc(nulls_last=True), "-pk")[: filters.limit + 1])
+    next_cursor = _encode_cursor(page[filters.limit - 1]) if len(page) > filters.limit else None
     return {"items": page[: filters.limit], "next_cursor": next_cursor}
 
 

@@ -84,9 +84,11 @@ def test_submit_list_show_output(api):
 
 
 def test_pagination_and_filters(api):
-    for i in range(5):
+    now = timezone.now()
+    for i in range(5):  # inserted out of submission order: the list is by submit time, newest first
         Job.objects.create(cluster=api.hpc, job_id=str(900000 + i), owner=api.bob_account, posix_user=api.posix.pw_name,
-                           name=f"bulk {i}", partition="debug", state="PENDING", last_seen_at=timezone.now())
+                           name=f"bulk {i}", partition="debug", state="PENDING", last_seen_at=now,
+                           submit_time=now - timedelta(minutes=[3, 5, 1, 4, 2][i]))
     seen, cursor = [], None
     while True:
         url = f"{api.jobs_url}?name=bulk&limit=2" + (f"&cursor={cursor}" if cursor else "")
@@ -95,7 +97,7 @@ def test_pagination_and_filters(api):
         cursor = page["next_cursor"]
         if not cursor:
             break
-    assert seen == [str(900000 + i) for i in reversed(range(5))]
+    assert seen == ["900002", "900004", "900000", "900003", "900001"]
     assert api.client.get(f"{api.jobs_url}?limit=0", **bearer(api.bob_token)).status_code == 400
     assert api.client.get(f"{api.jobs_url}?cursor=!!", **bearer(api.bob_token)).status_code == 400
     # Members see their own jobs only and cannot ask for someone else's; admins can.

@@ -67,7 +67,7 @@ def test_cli_round_trip(cli, slurm_cast):
     shown = json.loads(cli("--json", "job", "show", job_id).stdout)
     assert shown["name"] == "from cli" and shown["partition"] == "batch"
     table = cli("job", "list", "--name", "from cli").stdout.splitlines()
-    assert table[0].split()[:3] == ["JOBID", "NAME", "USER"] and job_id in table[1]
+    assert table[0].split()[:3] == ["JOBID", "NAME", "USER"] and table[1].split()[0] == job_id  # newest first
 
 
 def test_cli_errors_exit_non_zero_with_the_servers_message(cli, slurm_cast):

@@ -1,0 +1,128 @@
+"""Job pages: lists and details read the cache; submit and cancel go through jobs.actions."""
+
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.core.exceptions import PermissionDenied
+from django.db.models import F
+from django.http import Http404
+from django.shortcuts import redirect, render
+from django.urls import reverse
+from django.views.decorators.http import require_POST
+
+from accounts.models import Membership
+from accounts.tenancy import get_visible_or_404
+from clusters.executors import ExecutorError, executor_for
+from clusters.models import Cluster, ClusterAccount
+from jobs import actions, validation
+from jobs.forms import SubmitForm
+from jobs.models import Job, Partition
+
+PAGE_SIZE = 100
+ACTIVE_STATES = {"PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "SUSPENDED", "REQUEUED", "RESIZING"}
+
+
+def _context(request, tenant_slug, cluster_slug):
+    cluster = get_visible_or_404(Cluster.objects.select_related("tenant"), request.user, tenant__slug=tenant_slug, slug=cluster_slug)
+    account = ClusterAccount.objects.filter(cluster=cluster, user=request.user).first()
+    is_admin = Membership.objects.filter(tenant=cluster.tenant, user=request.user, role=Membership.Role.ADMIN).exists()
+    return cluster, account, is_admin
+
+
+def _active_account(account):
+    if account is None or account.state != ClusterAccount.State.ACTIVE:
+        raise PermissionDenied("You have no active account on this cluster.")
+    return account
+
+
+@login_required
+def job_list(request, tenant_slug, cluster_slug):
+    cluster, account, is_admin = _context(request, tenant_slug, cluster_slug)
+    scope = "all" if request.GET.get("scope") == "all" and is_admin else "mine"
+    jobs = Job.objects.filter(cluster=cluster)
+    if scope == "mine":
+        jobs = jobs.filter(owner__user=request.user)
+    filters = {k: request.GET.get(k, "").strip() for k in ("state", "partition", "name", "user")}
+    if filters["state"]:
+        jobs = jobs.filter(state=filters["state"].upper())
+    if filters["partition"]:
+        jobs = jobs.filter(partition=filters["partition"])
+    if filters["name"]:
+        jobs = jobs.filter(name__icontains=filters["name"])
+    if filters["user"] and scope == "all":
+        jobs = jobs.filter(posix_user=filters["user"])
+    context = {
+        "cluster": cluster, "tenant": cluster.tenant, "account": account, "is_admin": is_admin, "scope": scope,
+        "filters": filters, "jobs": jobs.order_by(F("submit_time").desc(nulls_last=True), "-pk")[:PAGE_SIZE], "query": request.GET.urlencode(),
+    }
+    template = "jobs/_job_table.html" if request.headers.get("HX-Request") else "jobs/job_list.html"
+    return render(request, template, context)
+
+
+def _job_or_404(cluster, job_id, user, is_admin) -> Job:
+    jobs = Job.objects.filter(cluster=cluster, job_id=job_id)
+    if not is_admin:
+        jobs = jobs.filter(owner__user=user)
+    job = jobs.first()
+    if job is None:
+        raise Http404("No such job.")
+    return job
+
+
+def _output_tail(cluster, account, job, lines=200) -> str:
+    if account is None or account.state != ClusterAccount.State.ACTIVE or not job.stdout_path:
+        return ""
+    try:
+        result = executor_for(cluster).run(account, ["tail", "-n", str(lines), "--", job.stdout_path], timeout=10)
+    except ExecutorError as exc:
+        return f"[{exc}]"
+    return result.stdout.decode("utf-8", "replace") if result.ok else f"[{result.error_text()}]"
+
+
+@login_required
+def job_detail(request, tenant_slug, cluster_slug, job_id):
+    cluster, account, is_admin = _context(request, tenant_slug, cluster_slug)
+    job = _job_or_404(cluster, job_id, request.user, is_admin)
+    terminal_url = reverse("terminal:page", args=[tenant_slug, cluster_slug])
+    context = {
+        "cluster": cluster, "tenant": cluster.tenant, "account": account, "job": job, "is_admin": is_admin,
+        "active": job.state in ACTIVE_STATES, "output": _output_tail(cluster, account, job),
+        "can_cancel": job.owner is not None and job.owner.user_id == request.user.pk and job.state in ACTIVE_STATES,
+        "terminal_url": f"{terminal_url}?cwd={job.work_dir}" if job.work_dir else terminal_url,
+    }
+    template = "jobs/_job_panel.html" if request.headers.get("HX-Request") else "jobs/job_detail.html"
+    return render(request, template, context)
+
+
+@login_required
+@require_POST
+def job_cancel(request, tenant_slug, cluster_slug, job_id):
+    cluster, account, is_admin = _context(request, tenant_slug, cluster_slug)
+    job = _job_or_404(cluster, job_id, request.user, is_admin)
+    try:
+        actions.cancel_job(_active_account(account), job, actor=request.user, client_address=request.META.get("REMOTE_ADDR"))
+        messages.success(request, f"Job {job.job_id} cancelled.")
+    except actions.JobActionError as exc:
+        messages.error(request, f"Slurm refused: {exc}")
+    return redirect("jobs:detail", tenant_slug, cluster_slug, job.job_id)
+
+
+@login_required
+def job_submit(request, tenant_slug, cluster_slug):
+    cluster, account, _is_admin = _context(request, tenant_slug, cluster_slug)
+    account = _active_account(account)
+    initial = {"script_path": cluster.home_directory(account.posix_username) + "/"}
+    form = SubmitForm(request.POST or None, initial=initial)
+    if request.method == "POST" and form.is_valid():
+        data = {k: (v if v not in ("", None) else None) for k, v in form.cleaned_data.items()}
+        try:
+            job = actions.submit_job(account, actions.SubmitRequest(**data), actor=request.user,
+                                     client_address=request.META.get("REMOTE_ADDR"))
+        except validation.JobRequestError as exc:
+            form.add_error(exc.field if exc.field in form.fields else None, exc.message)
+        except actions.JobActionError as exc:
+            form.add_error(None, f"Slurm refused: {exc}")
+        else:
+            messages.success(request, f"Submitted job {job.job_id}.")
+            return redirect("jobs:detail", tenant_slug, cluster_slug, job.job_id)
+    partitions = Partition.objects.filter(cluster=cluster)
+    return render(request, "jobs/submit.html", {"cluster": cluster, "tenant": cluster.tenant, "form": form, "partitions": partitions})
