@@ -1,10 +1,12 @@
 from django.contrib import messages
 from django.contrib.auth import views as auth_views
 from django.contrib.auth.decorators import login_required
-from django.shortcuts import redirect, render
+from django.shortcuts import get_object_or_404, redirect, render
+from django.views.decorators.http import require_POST
 
-from accounts.forms import EmailAuthenticationForm, PreferencesForm
-from accounts.services import update_preferences
+from accounts.forms import ApiTokenForm, EmailAuthenticationForm, PreferencesForm
+from accounts.models import ApiToken
+from accounts.services import create_api_token, revoke_api_token, update_preferences
 
 
 class LoginView(auth_views.LoginView):
@@ -22,3 +24,25 @@ def preferences(request):
         messages.success(request, "Preferences saved.")
         return redirect("accounts:preferences")
     return render(request, "accounts/preferences.html", {"form": form})
+
+
+@login_required
+def api_tokens(request):
+    """Your personal API tokens: create one (shown once), see when each was used, revoke."""
+    form = ApiTokenForm(request.POST or None, user=request.user)
+    new_token = None
+    if request.method == "POST" and form.is_valid():
+        _token, new_token = create_api_token(user=request.user, tenant=form.cleaned_data["tenant"],
+                                             name=form.cleaned_data["name"], days=form.cleaned_data["days"])
+        form = ApiTokenForm(user=request.user)
+    tokens = ApiToken.objects.filter(user=request.user).select_related("tenant").order_by("-created_at")
+    return render(request, "accounts/api_tokens.html", {"form": form, "tokens": tokens, "new_token": new_token})
+
+
+@login_required
+@require_POST
+def revoke_token(request, token_id):
+    token = get_object_or_404(ApiToken, pk=token_id, user=request.user)
+    revoke_api_token(token, actor=request.user)
+    messages.success(request, f"Token {token.name} revoked.")
+    return redirect("accounts:api_tokens")

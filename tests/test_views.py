@@ -134,3 +134,24 @@ def test_audit_events_are_append_only(cast):
         event.save()
     with pytest.raises(RuntimeError):
         event.delete()
+
+
+def test_api_tokens_page_creates_shows_once_and_revokes(client, cast):
+    from accounts.models import ApiToken
+
+    client.force_login(cast.bob)
+    created = client.post("/accounts/tokens/", {"name": "laptop", "tenant": cast.acme.pk, "days": 30})
+    html = created.content.decode()
+    token = ApiToken.objects.get(user=cast.bob, name="laptop")
+    assert f"ctk_{token.prefix}_" in html and token.secret_hash not in html
+    assert (token.expires_at - token.created_at).days in (29, 30)
+    listing = client.get("/accounts/tokens/").content.decode()
+    assert f"ctk_{token.prefix}_…" in listing and html.split(f"ctk_{token.prefix}_")[1].split("<")[0] not in listing
+    # Not a member of "other": the form refuses that tenant.
+    refused = client.post("/accounts/tokens/", {"name": "x", "tenant": cast.other.pk, "days": 30})
+    assert refused.status_code == 200 and not ApiToken.objects.filter(name="x").exists()
+    client.post(f"/accounts/tokens/{token.pk}/revoke/")
+    token.refresh_from_db()
+    assert token.revoked_at is not None
+    client.force_login(cast.alice)
+    assert client.post(f"/accounts/tokens/{token.pk}/revoke/").status_code == 404  # not hers
