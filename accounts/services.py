@@ -1,7 +1,13 @@
 """Write paths for users, tenants, memberships and API tokens (each writes its audit event)."""
 
+import hashlib
+import hmac
 import secrets
+from datetime import timedelta
 
+from django.utils import timezone
+
+from accounts.models import ApiToken, Membership, Tenant, User
 from audit.services import record_event
 
 
@@ -21,8 +27,6 @@ def update_preferences(user, *, full_name: str, terminal_renderer: str) -> None:
 
 
 def ensure_tenant(*, slug: str, name: str, actor=None):
-    from accounts.models import Tenant
-
     tenant, created = Tenant.objects.get_or_create(slug=slug, defaults={"name": name})
     if created:
         record_event("tenant.create", tenant=tenant, actor=actor, target=tenant, data={"name": name})
@@ -31,8 +35,6 @@ def ensure_tenant(*, slug: str, name: str, actor=None):
 
 def ensure_user(*, email: str, password: str | None = None, full_name: str = "", actor=None):
     """Create the user if missing; set the password when one is given (the demo re-runs this)."""
-    from accounts.models import User
-
     user = User.objects.filter(email=email.lower()).first()
     if user is None:
         user = User.objects.create_user(email, password, full_name=full_name)
@@ -45,8 +47,6 @@ def ensure_user(*, email: str, password: str | None = None, full_name: str = "",
 
 
 def set_membership(*, tenant, user, role: str, actor=None):
-    from accounts.models import Membership
-
     membership, created = Membership.objects.get_or_create(tenant=tenant, user=user, defaults={"role": role})
     if created or membership.role != role:
         membership.role = role
@@ -57,13 +57,6 @@ def set_membership(*, tenant, user, role: str, actor=None):
 
 def create_api_token(*, user, tenant, name: str, days: int = 90, actor=None):
     """Returns (token row, the token text). The text is shown once and never stored."""
-    import hashlib
-    from datetime import timedelta
-
-    from django.utils import timezone
-
-    from accounts.models import ApiToken, Membership
-
     if not Membership.objects.filter(user=user, tenant=tenant).exists():
         raise ValueError(f"{user.email} is not a member of {tenant.slug}")
     if not 1 <= days <= 366:
@@ -79,8 +72,6 @@ def create_api_token(*, user, tenant, name: str, days: int = 90, actor=None):
 
 
 def revoke_api_token(token, *, actor) -> None:
-    from django.utils import timezone
-
     if token.revoked_at is None:
         token.revoked_at = timezone.now()
         token.save(update_fields=["revoked_at"])
@@ -89,13 +80,6 @@ def revoke_api_token(token, *, actor) -> None:
 
 def authenticate_api_token(text: str):
     """The usable ApiToken for `ctk_<prefix>_<secret>`, or None. Constant-time on the secret."""
-    import hashlib
-    import hmac
-
-    from django.utils import timezone
-
-    from accounts.models import ApiToken
-
     parts = text.split("_", 2)
     if len(parts) != 3 or parts[0] != "ctk":
         return None

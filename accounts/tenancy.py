@@ -20,19 +20,6 @@ class TenantScopedQuerySet(models.QuerySet):
             return self.none()
         return self.filter(**{f"{self.tenant_path}__memberships__user": user}).distinct()
 
-    def administered_by(self, user):
-        """Objects in tenants where `user` is a tenant admin."""
-        from accounts.models import Membership
-
-        if not getattr(user, "is_authenticated", False):
-            return self.none()
-        return self.filter(
-            **{
-                f"{self.tenant_path}__memberships__user": user,
-                f"{self.tenant_path}__memberships__role": Membership.Role.ADMIN,
-            }
-        ).distinct()
-
 
 def scoped_queryset(path: str) -> type[TenantScopedQuerySet]:
     return type(f"TenantScopedQuerySet_{path}", (TenantScopedQuerySet,), {"tenant_path": path})

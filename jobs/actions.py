@@ -83,7 +83,9 @@ def sync_job(account: ClusterAccount, job_id: str) -> Job | None:
     if not result.ok:
         return None  # purged from slurmctld's memory: the cache keeps what the poller and sacct said
     records = slurm.parse_scontrol_show_job(result.stdout)
-    record = next((r for r in records if r.get("JobId") == job_id.split("_")[0] or slurm_id(r) == job_id), None)
+    # The exact record (a plain job or one array task); else the record whose own id was asked for
+    # (sbatch of an array returns the array's id, and its pending tasks share one record).
+    record = next((r for r in records if slurm_id(r) == job_id), None) or next((r for r in records if r.get("JobId") == job_id), None)
     if record is None:
         return None
     return _store(account, slurm_id(record), record)
@@ -146,3 +148,15 @@ def cancel_job(account: ClusterAccount, job: Job, *, actor, client_address=None)
     record_event("job.cancel", tenant=account.cluster.tenant, actor=actor, target=job, client_address=client_address,
                  data={"cluster": account.cluster.slug, "job_id": job.job_id})
     return sync_job(account, job.job_id) or job
+
+
+def output_tail(account: ClusterAccount, job: Job, lines: int) -> str:
+    """The last `lines` lines of the job's standard output, read as the user (so permissions apply)."""
+    if not job.stdout_path:
+        job = sync_job(account, job.job_id) or job
+    if not job.stdout_path:
+        raise JobActionError("Slurm did not report an output file for this job.", status=404)
+    result = _run(account, ["tail", "-n", str(lines), "--", job.stdout_path])
+    if not result.ok:
+        raise JobActionError(result.error_text(), status=404)
+    return result.stdout.decode("utf-8", "replace")

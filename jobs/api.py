@@ -7,17 +7,15 @@ are scoped to one tenant. Everything of another tenant is a 404. Errors are JSON
 import base64
 from datetime import datetime
 
-from django.db.models import F, Q
+from django.db.models import Q
 from django.http import Http404
-from ninja import NinjaAPI, Query, Schema, Status
+from ninja import ModelSchema, NinjaAPI, Query, Schema, Status
 from ninja.errors import HttpError
 from ninja.security import HttpBearer, SessionAuth
 
-from accounts.models import Membership
 from accounts.services import authenticate_api_token
-from clusters.executors import ExecutorError, executor_for
 from clusters.models import Cluster, ClusterAccount
-from jobs import actions, validation
+from jobs import actions, queries, validation
 from jobs.models import Job, Partition
 
 MAX_TAIL_LINES = 10_000
@@ -73,20 +71,6 @@ def active_account(request, cluster: Cluster) -> ClusterAccount:
     return account
 
 
-def is_tenant_admin(request, cluster: Cluster) -> bool:
-    return Membership.objects.filter(tenant=cluster.tenant_id, user=request.user, role=Membership.Role.ADMIN).exists()
-
-
-def get_job(request, cluster: Cluster, job_id: str) -> Job:
-    jobs = Job.objects.filter(cluster=cluster, job_id=job_id).select_related("owner")
-    if not is_tenant_admin(request, cluster):
-        jobs = jobs.filter(owner__user=request.user)
-    job = jobs.first()
-    if job is None:
-        raise Http404("No such job.")
-    return job
-
-
 # --- schemas --------------------------------------------------------------------------------------
 class ClusterOut(Schema):
     id: int
@@ -126,20 +110,10 @@ class JobOut(Schema):
         return obj.posix_user
 
 
-class PartitionOut(Schema):
-    name: str
-    is_default: bool
-    available: bool
-    time_limit: int | None
-    nodes_allocated: int
-    nodes_idle: int
-    nodes_other: int
-    nodes_total: int
-    cpus_allocated: int
-    cpus_idle: int
-    cpus_other: int
-    cpus_total: int
-    updated_at: datetime
+class PartitionOut(ModelSchema):
+    class Meta:
+        model = Partition
+        exclude = ["id", "cluster"]
 
 
 class JobPage(Schema):
@@ -237,36 +211,26 @@ def list_jobs(request, cluster_id: int, filters: Query[JobFilters]):
     cluster = get_cluster(request, cluster_id)
     if not 1 <= filters.limit <= 500:
         raise HttpError(400, "limit must be from 1 to 500.")
-    jobs = Job.objects.filter(cluster=cluster)
-    if is_tenant_admin(request, cluster):
-        if filters.user:
-            jobs = jobs.filter(posix_user=filters.user)
-    elif filters.user:
+    if filters.user and not queries.is_tenant_admin(request.user, cluster):
         raise HttpError(403, "Only tenant admins can list other users' jobs.")
-    else:
-        jobs = jobs.filter(owner__user=request.user)
-    if filters.state:
-        jobs = jobs.filter(state=filters.state.upper())
-    if filters.partition:
-        jobs = jobs.filter(partition=filters.partition)
-    if filters.name:
-        jobs = jobs.filter(name__icontains=filters.name)
+    jobs = queries.visible_jobs(request.user, cluster, every_user=bool(filters.user))
+    jobs = queries.filter_jobs(jobs, state=filters.state, partition=filters.partition, name=filters.name, posix_user=filters.user)
     if filters.cursor:
         jobs = _after_cursor(jobs, filters.cursor)
-    page = list(jobs.order_by(F("submit_time").desc(nulls_last=True), "-pk")[: filters.limit + 1])
+    page = list(jobs.order_by(*queries.NEWEST_FIRST)[: filters.limit + 1])
     next_cursor = _encode_cursor(page[filters.limit - 1]) if len(page) > filters.limit else None
     return {"items": page[: filters.limit], "next_cursor": next_cursor}
 
 
 @api.get("/clusters/{cluster_id}/jobs/{job_id}", response={200: JobOut, 404: ErrorOut}, summary="One job")
 def job_detail(request, cluster_id: int, job_id: str):
-    return get_job(request, get_cluster(request, cluster_id), job_id)
+    return queries.job_for(request.user, get_cluster(request, cluster_id), job_id)
 
 
 @api.delete("/clusters/{cluster_id}/jobs/{job_id}", response={200: JobOut, 403: ErrorOut, 404: ErrorOut}, summary="Cancel a job")
 def cancel(request, cluster_id: int, job_id: str):
     cluster = get_cluster(request, cluster_id)
-    job = get_job(request, cluster, job_id)
+    job = queries.job_for(request.user, cluster, job_id)
     account = active_account(request, cluster)
     return actions.cancel_job(account, job, actor=request.user, client_address=request.META.get("REMOTE_ADDR"))
 
@@ -275,20 +239,9 @@ def cancel(request, cluster_id: int, job_id: str):
          summary="The last lines of the job's standard output")
 def job_output(request, cluster_id: int, job_id: str, tail: int = 100):
     cluster = get_cluster(request, cluster_id)
-    job = get_job(request, cluster, job_id)
+    job = queries.job_for(request.user, cluster, job_id)
     account = active_account(request, cluster)
     if not 1 <= tail <= MAX_TAIL_LINES:
         raise HttpError(400, f"tail must be from 1 to {MAX_TAIL_LINES}.")
-    if not job.stdout_path:
-        actions.sync_job(account, job.job_id)
-        job.refresh_from_db()
-    if not job.stdout_path:
-        raise HttpError(404, "Slurm did not report an output file for this job.")
-    try:
-        result = executor_for(cluster).run(account, ["tail", "-n", str(tail), "--", job.stdout_path], timeout=15)
-    except ExecutorError as exc:
-        raise HttpError(502, str(exc)) from None
-    if not result.ok:
-        raise HttpError(404, result.error_text())
-    text = result.stdout.decode("utf-8", "replace")
+    text = actions.output_tail(account, job, tail)
     return {"job_id": job.job_id, "path": job.stdout_path, "lines": text.count("\n"), "text": text}

@@ -3,28 +3,23 @@
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
-from django.db.models import F
-from django.http import Http404
 from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_POST
 
-from accounts.models import Membership
 from accounts.tenancy import get_visible_or_404
-from clusters.executors import ExecutorError, executor_for
 from clusters.models import Cluster, ClusterAccount
-from jobs import actions, validation
+from jobs import actions, queries, validation
 from jobs.forms import SubmitForm
-from jobs.models import Job, Partition
+from jobs.models import Partition
 
 PAGE_SIZE = 100
-ACTIVE_STATES = {"PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "SUSPENDED", "REQUEUED", "RESIZING"}
 
 
 def _context(request, tenant_slug, cluster_slug):
     cluster = get_visible_or_404(Cluster.objects.select_related("tenant"), request.user, tenant__slug=tenant_slug, slug=cluster_slug)
     account = ClusterAccount.objects.filter(cluster=cluster, user=request.user).first()
-    is_admin = Membership.objects.filter(tenant=cluster.tenant, user=request.user, role=Membership.Role.ADMIN).exists()
+    is_admin = queries.is_tenant_admin(request.user, cluster)
     return cluster, account, is_admin
 
 
@@ -38,55 +33,37 @@ def _active_account(account):
 def job_list(request, tenant_slug, cluster_slug):
     cluster, account, is_admin = _context(request, tenant_slug, cluster_slug)
     scope = "all" if request.GET.get("scope") == "all" and is_admin else "mine"
-    jobs = Job.objects.filter(cluster=cluster)
-    if scope == "mine":
-        jobs = jobs.filter(owner__user=request.user)
     filters = {k: request.GET.get(k, "").strip() for k in ("state", "partition", "name", "user")}
-    if filters["state"]:
-        jobs = jobs.filter(state=filters["state"].upper())
-    if filters["partition"]:
-        jobs = jobs.filter(partition=filters["partition"])
-    if filters["name"]:
-        jobs = jobs.filter(name__icontains=filters["name"])
-    if filters["user"] and scope == "all":
-        jobs = jobs.filter(posix_user=filters["user"])
+    jobs = queries.filter_jobs(
+        queries.visible_jobs(request.user, cluster, every_user=scope == "all"), state=filters["state"],
+        partition=filters["partition"], name=filters["name"], posix_user=filters["user"] if scope == "all" else None,
+    )
     context = {
         "cluster": cluster, "tenant": cluster.tenant, "account": account, "is_admin": is_admin, "scope": scope,
-        "filters": filters, "jobs": jobs.order_by(F("submit_time").desc(nulls_last=True), "-pk")[:PAGE_SIZE], "query": request.GET.urlencode(),
+        "filters": filters, "jobs": jobs.order_by(*queries.NEWEST_FIRST)[:PAGE_SIZE], "query": request.GET.urlencode(),
     }
     template = "jobs/_job_table.html" if request.headers.get("HX-Request") else "jobs/job_list.html"
     return render(request, template, context)
 
 
-def _job_or_404(cluster, job_id, user, is_admin) -> Job:
-    jobs = Job.objects.filter(cluster=cluster, job_id=job_id)
-    if not is_admin:
-        jobs = jobs.filter(owner__user=user)
-    job = jobs.first()
-    if job is None:
-        raise Http404("No such job.")
-    return job
-
-
-def _output_tail(cluster, account, job, lines=200) -> str:
-    if account is None or account.state != ClusterAccount.State.ACTIVE or not job.stdout_path:
+def _output_tail(account, job, lines=200) -> str:
+    if account is None or account.state != ClusterAccount.State.ACTIVE:
         return ""
     try:
-        result = executor_for(cluster).run(account, ["tail", "-n", str(lines), "--", job.stdout_path], timeout=10)
-    except ExecutorError as exc:
+        return actions.output_tail(account, job, lines)
+    except actions.JobActionError as exc:
         return f"[{exc}]"
-    return result.stdout.decode("utf-8", "replace") if result.ok else f"[{result.error_text()}]"
 
 
 @login_required
 def job_detail(request, tenant_slug, cluster_slug, job_id):
     cluster, account, is_admin = _context(request, tenant_slug, cluster_slug)
-    job = _job_or_404(cluster, job_id, request.user, is_admin)
+    job = queries.job_for(request.user, cluster, job_id)
     terminal_url = reverse("terminal:page", args=[tenant_slug, cluster_slug])
     context = {
         "cluster": cluster, "tenant": cluster.tenant, "account": account, "job": job, "is_admin": is_admin,
-        "active": job.state in ACTIVE_STATES, "output": _output_tail(cluster, account, job),
-        "can_cancel": job.owner is not None and job.owner.user_id == request.user.pk and job.state in ACTIVE_STATES,
+        "active": job.state in queries.ACTIVE_STATES, "output": _output_tail(account, job),
+        "can_cancel": job.owner is not None and job.owner.user_id == request.user.pk and job.state in queries.ACTIVE_STATES,
         "terminal_url": f"{terminal_url}?cwd={job.work_dir}" if job.work_dir else terminal_url,
     }
     template = "jobs/_job_panel.html" if request.headers.get("HX-Request") else "jobs/job_detail.html"
@@ -97,7 +74,7 @@ def job_detail(request, tenant_slug, cluster_slug, job_id):
 @require_POST
 def job_cancel(request, tenant_slug, cluster_slug, job_id):
     cluster, account, is_admin = _context(request, tenant_slug, cluster_slug)
-    job = _job_or_404(cluster, job_id, request.user, is_admin)
+    job = queries.job_for(request.user, cluster, job_id)
     try:
         actions.cancel_job(_active_account(account), job, actor=request.user, client_address=request.META.get("REMOTE_ADDR"))
         messages.success(request, f"Job {job.job_id} cancelled.")

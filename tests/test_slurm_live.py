@@ -175,3 +175,24 @@ def test_submit_and_cancel_actions(slurm_cast):
     cancelled = cancel_job(c.bob_account, job, actor=c.bob)
     assert cancelled.state in ("CANCELLED", "COMPLETING")  # right after scancel, a running job may be COMPLETING
     wait_for_state(c.hpc, job.job_id, {"CANCELLED"})
+
+
+def test_submitting_an_array_stores_its_pending_tasks_record(slurm_cast):
+    from jobs.actions import SubmitRequest, submit_job
+
+    c = slurm_cast
+    job = submit_job(c.bob_account, SubmitRequest(script="#!/bin/bash\ntrue\n", array="1-3", partition="batch",
+                                                  name="arr", time_limit="5"), actor=c.bob)
+    # scontrol's record of the still-unsplit array, under the id the poller uses for it too.
+    assert job.array_job_id is not None and job.name == "arr" and job.partition == "batch"
+    assert job.job_id in (f"{job.array_job_id}_[1-3]", f"{job.array_job_id}_1")
+
+
+def test_syncing_one_array_task_reads_that_task(slurm_cast):
+    from jobs.actions import sync_job
+
+    c = slurm_cast
+    array_id = submit(c.bob_account, "#!/bin/bash\nsleep 60\n", array="1-3", time_limit="5")
+    wait_for_state(c.hpc, f"{array_id}_3", {"RUNNING"})  # running tasks are split into their own records
+    task = sync_job(c.bob_account, f"{array_id}_2")
+    assert task.job_id == f"{array_id}_2" and task.array_task_id == "2" and task.state == "RUNNING"
