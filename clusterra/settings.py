@@ -176,6 +176,10 @@ TERMINAL_MAX_FRAME = env_int("CLUSTERRA_TERMINAL_MAX_FRAME", 64 * 1024, minimum=
 # Warn this many seconds before the idle timeout or the maximum duration ends a session.
 TERMINAL_WARNING_SECONDS = env_int("CLUSTERRA_TERMINAL_WARNING_SECONDS", 60, minimum=0)
 # PATH given to the user's login shell (their profile may extend it).
+# A dropped browser connection may reattach to its live session within this many seconds (0: end at once).
+TERMINAL_REATTACH_GRACE = env_int("CLUSTERRA_TERMINAL_REATTACH_GRACE", 60, minimum=0, maximum=3600)
+# Recent output kept per session and replayed on reattach (at most the high watermark).
+TERMINAL_SCROLLBACK_BYTES = env_int("CLUSTERRA_TERMINAL_SCROLLBACK_BYTES", 256 * 1024, minimum=0, maximum=16 * 1024 * 1024)
 TERMINAL_PATH = env_str("CLUSTERRA_TERMINAL_PATH", "/usr/local/bin:/usr/bin:/bin:/usr/local/sbin:/usr/sbin")
 TERMINAL_LANG = env_str("CLUSTERRA_TERMINAL_LANG", "C.UTF-8")
 

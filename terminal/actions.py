@@ -93,6 +93,14 @@ def attach_backend_session(session: TerminalSession, backend_session_id: str) ->
     session.backend_session_id = backend_session_id
 
 
+def record_reattach(session: TerminalSession, *, client_address: str | None) -> None:
+    """A browser took over a live session (after a dropped connection, a reload or from another window)."""
+    record_event(
+        "terminal.session.reattach", tenant=session.cluster.tenant, actor=session.user, target=session,
+        client_address=client_address, data={"cluster": session.cluster.slug},
+    )
+
+
 def finish_terminal_session(session: TerminalSession, *, reason: str, message: str = "", exit_code: int | None = None,
                             bytes_in: int = 0, bytes_out: int = 0) -> bool:
     """Mark the session ended (once; later calls change nothing) and audit it."""

@@ -1,7 +1,8 @@
 """The terminal relay: browser WebSocket ↔ session backend (docs/terminal-protocol.md).
 
 Bytes stay in this process. Output is coalesced and bounded by an ack window; input goes straight
-to the shell. The Channels layer only brings control messages (revocation).
+to the shell. The shell itself lives in a LiveSession (terminal/live.py), which outlives a dropped
+socket for a grace period so the browser can reattach.
 """
 
 import asyncio
@@ -17,8 +18,8 @@ from django.http.request import split_domain_port, validate_host
 from terminal import actions, protocol
 from terminal.backends.base import BackendError, ShellRequest
 from terminal.backends.local_pty import AccessRefused, LocalPtyBackend
+from terminal.live import LiveSession
 from terminal.models import TerminalSession
-from terminal.recording import AsciicastRecorder
 
 logger = logging.getLogger(__name__)
 Reason = TerminalSession.EndReason
@@ -53,6 +54,12 @@ def origin_allowed(scope) -> bool:
 
 
 class TerminalConsumer(AsyncWebsocketConsumer):
+    """One browser connection, attached to a LiveSession (terminal/live.py) that owns the shell.
+
+    The consumer owns what belongs to the socket: the wire protocol, output coalescing and the ack
+    window. When the socket drops the session is detached, not ended, and may be reattached.
+    """
+
     # The relays running in this process (for tests, metrics and graceful shutdown).
     live: "weakref.WeakSet[TerminalConsumer]" = weakref.WeakSet()
 
@@ -60,35 +67,40 @@ class TerminalConsumer(AsyncWebsocketConsumer):
         super().__init__(*args, **kwargs)
         TerminalConsumer.live.add(self)
         self.session: TerminalSession | None = None
-        self.backend = None
-        self.recorder: AsciicastRecorder | None = None
+        self.live_session: LiveSession | None = None
         self._outbuf = bytearray()
         self._unacked = 0
         self._flush_now = False
         self._flush_handle: asyncio.TimerHandle | None = None
         self._wake = asyncio.Event()
         self._writer_task: asyncio.Task | None = None
-        self._watchdog_task: asyncio.Task | None = None
-        self._end_task: asyncio.Task | None = None
-        self._ending = False
-        self._groups: list[str] = []
-        self._bytes_in = 0
-        self._bytes_out = 0
+        self._closing = False  # this socket is done (ended, refused, detached or taken over)
         self._high = settings.TERMINAL_HIGH_WATERMARK
         self._low = settings.TERMINAL_LOW_WATERMARK
         self._coalesce_delay = settings.TERMINAL_COALESCE_MS / 1000
         self._coalesce_bytes = settings.TERMINAL_COALESCE_BYTES
 
-    # --- ASGI entry: make sure every way out finishes the session -----------------------------
+    @property
+    def backend(self):
+        return self.live_session.backend if self.live_session is not None else None
+
+    # --- ASGI entry: make sure every way out detaches or finishes the session ------------------
     async def __call__(self, scope, receive, send):
         try:
             await super().__call__(scope, receive, send)
         except asyncio.CancelledError:  # daphne cancels every application when it shuts down
-            await self._end(Reason.SERVER_SHUTDOWN, "The server is shutting down.", send_to_client=True)
+            if self.live_session is not None and self.live_session.attached is self:
+                await self.live_session.end(Reason.SERVER_SHUTDOWN, "The server is shutting down.", close_code=protocol.CLOSE_GOING_AWAY)
             raise
         finally:
-            if not self._ending:
-                await self._end(Reason.CLOSED, "The connection ended.", send_to_client=False)
+            self._detach()
+
+    def _detach(self):
+        self._closing = True
+        if self._writer_task is not None:
+            self._writer_task.cancel()
+        if self.live_session is not None:
+            self.live_session.detach(self)
 
     # --- connect --------------------------------------------------------------------------------
     async def connect(self):
@@ -107,6 +119,9 @@ class TerminalConsumer(AsyncWebsocketConsumer):
             await self._refuse(protocol.CLOSE_BAD_FRAME, "cols and rows must be whole numbers from 1 to 1000.")
             return
         kwargs = self.scope["url_route"]["kwargs"]
+        if "attach" in query:
+            await self._reattach(user, query["attach"][0], kwargs, cols, rows)
+            return
         headers = dict(self.scope.get("headers", []))
         try:
             self.session = await database_sync_to_async(actions.open_terminal_session)(
@@ -125,46 +140,67 @@ class TerminalConsumer(AsyncWebsocketConsumer):
         session, cluster = self.session, self.session.cluster
         backend_class = BACKENDS.get(session.backend)
         if backend_class is None:
-            await self._end(Reason.BACKEND_ERROR, f"The {session.backend!r} backend is not available on this server.")
+            message = f"The {session.backend!r} backend is not available on this server."
+            await database_sync_to_async(actions.finish_terminal_session)(session, reason=Reason.BACKEND_ERROR, message=message)
+            self._closing = True
+            await self.send(bytes_data=protocol.encode_status(type="exit", reason=Reason.BACKEND_ERROR, message=message))
+            await self.close(code=protocol.CLOSE_BACKEND_ERROR, reason=_close_reason(message))
             return
-        self.backend = backend_class(on_output=self._on_output, on_exit=self._on_exit, read_budget=self._read_budget)
+        id_token = None
+        if session.backend == "ssm":  # the IdP's token may stand in for the portal's (token_source "idp")
+            id_token = await database_sync_to_async(lambda: self.scope["session"].get("oidc_id_token"))()
+        self.live_session = live = LiveSession(session, backend_class)
         request = ShellRequest(
             posix_username=session.posix_username, expected_uid=session.account.uid,
             home_directory=cluster.home_directory(session.posix_username),
             working_directory=session.working_directory or None, cols=cols, rows=rows,
+            session_id=str(session.pk), account=session.account,
+            id_token=id_token,
         )
         try:
-            await self.backend.start(request)
+            await live.start(request, self)
         except AccessRefused as exc:
-            await self._end(Reason.BACKEND_ERROR, str(exc), close_code=protocol.CLOSE_FORBIDDEN)
+            await live.end(Reason.BACKEND_ERROR, str(exc), close_code=protocol.CLOSE_FORBIDDEN)
             return
         except BackendError as exc:
-            await self._end(Reason.BACKEND_ERROR, str(exc))
+            await live.end(Reason.BACKEND_ERROR, str(exc))
             return
         except Exception:
             logger.exception("terminal session %s: backend failed to start", session.pk)
-            await self._end(Reason.BACKEND_ERROR, "The shell could not be started; the error is in the server log.")
+            await live.end(Reason.BACKEND_ERROR, "The shell could not be started; the error is in the server log.")
             return
-        await database_sync_to_async(actions.attach_backend_session)(session, self.backend.session_id)
-        self.recorder = AsciicastRecorder(
-            session.recording_path, cols=cols, rows=rows, shell=self.backend.shell,
-            title=f"{session.posix_username}@{cluster.slug}",
-        )
-        loop = asyncio.get_running_loop()
-        self._started = self._last_input = loop.time()
         self._writer_task = asyncio.create_task(self._writer())
-        self._watchdog_task = asyncio.create_task(self._watchdog())
-        for group in (actions.user_group(session.user_id), actions.session_group(session.pk)):
-            await self.channel_layer.group_add(group, self.channel_name)
-            self._groups.append(group)
-        await self.send(bytes_data=protocol.encode_status(
+        await self.send(bytes_data=protocol.encode_status(**self._connected_status(live)))
+        notice = getattr(live.backend, "customer_message", "")
+        if notice:
+            await self.send_status(type="notice", message=notice)
+
+    def _connected_status(self, live: LiveSession, **extra) -> dict:
+        session, cluster = live.session, live.cluster
+        return dict(
             type="connected", session_id=str(session.pk), posix_user=session.posix_username, cluster=cluster.slug,
-            idle_timeout=cluster.idle_timeout, max_duration=cluster.max_session_duration,
-            high_watermark=self._high, low_watermark=self._low,
-        ))
+            backend=session.backend, idle_timeout=cluster.idle_timeout, max_duration=cluster.max_session_duration,
+            reattach_grace=settings.TERMINAL_REATTACH_GRACE, high_watermark=self._high, low_watermark=self._low, **extra,
+        )
+
+    async def _reattach(self, user, session_id: str, kwargs, cols: int, rows: int):
+        live = LiveSession.find(session_id, user.pk)
+        if live is None or live.cluster.slug != kwargs["cluster_slug"] or live.cluster.tenant.slug != kwargs["tenant_slug"]:
+            await self._refuse(protocol.CLOSE_NOT_FOUND, "That terminal session has ended.")
+            return
+        self.session, self.live_session = live.session, live
+        scrollback = await live.attach(self, client_address=(self.scope.get("client") or [None])[0])
+        if live.ending:  # ended while we were attaching
+            return
+        self._writer_task = asyncio.create_task(self._writer())
+        await self.send(bytes_data=protocol.encode_status(**self._connected_status(live, reattached=True)))
+        live.resize(cols, rows)
+        if scrollback:
+            self.deliver(scrollback)
+            self._wake.set()
 
     async def _refuse(self, code: int, message: str):
-        self._ending = True
+        self._closing = True
         await self.send(bytes_data=protocol.encode_status(type="exit", reason=REFUSED, message=message))
         await self.close(code=code, reason=_close_reason(message))
 
@@ -179,7 +215,8 @@ class TerminalConsumer(AsyncWebsocketConsumer):
 
     # --- browser → shell ------------------------------------------------------------------------
     async def receive(self, text_data=None, bytes_data=None):
-        if self._ending or self.backend is None:
+        live = self.live_session
+        if self._closing or live is None or live.ending or live.attached is not self:
             return
         try:
             if bytes_data is None:
@@ -189,44 +226,46 @@ class TerminalConsumer(AsyncWebsocketConsumer):
                 self._on_input(value)
             elif opcode == protocol.ACK:
                 self._on_ack(value)
-            else:
-                self.backend.resize(*value)
-                if self.recorder:
-                    self.recorder.resize(*value)
+            elif opcode == protocol.RESIZE:
+                live.resize(*value)
+            else:  # TERMINATE: the user ended the session (New session, End session)
+                await live.end(Reason.CLOSED, "Ended by the user.")
         except protocol.ProtocolError as exc:
-            await self._end(Reason.CLOSED, f"Protocol error: {exc}", close_code=exc.code)
+            await live.end(Reason.CLOSED, f"Protocol error: {exc}", close_code=exc.code)
 
     def _on_input(self, data: bytes):
-        self._last_input = asyncio.get_running_loop().time()
-        self._bytes_in += len(data)
         self._flush_now = True  # the echo goes out without the coalescing delay
-        if not self.backend.write(data):
-            asyncio.create_task(self.send(bytes_data=protocol.encode_status(
-                type="notice", message="The shell is not reading its input; some of what you typed or pasted was dropped.")))
+        if not self.live_session.write(data):
+            asyncio.create_task(self.send_status(
+                type="notice", message="The shell is not reading its input; some of what you typed or pasted was dropped."))
 
     def _on_ack(self, count: int):
         if count > self._unacked:
             raise protocol.ProtocolError(f"ACK of {count} bytes, but only {self._unacked} are unacknowledged.")
         self._unacked -= count
         if len(self._outbuf) + self._unacked <= self._low:
-            self.backend.resume_reading()
+            self.live_session.resume_reading()
 
-    # --- shell → browser ------------------------------------------------------------------------
+    # --- shell → browser (called by the LiveSession) --------------------------------------------
     @property
     def outstanding(self) -> int:
-        """Output bytes this session holds: buffered here plus sent and not yet acknowledged."""
+        """Output bytes this connection holds: buffered here plus sent and not yet acknowledged."""
         return len(self._outbuf) + self._unacked
 
-    def _read_budget(self) -> int:
+    def read_budget(self) -> int:
         return self._high - self.outstanding
 
-    def _on_output(self, data: bytes):
+    def deliver(self, data: bytes):
         self._outbuf += data
         if self._flush_now or len(self._outbuf) >= self._coalesce_bytes or self._coalesce_delay == 0:
             self._flush_now = False
             self._wake.set()
         elif self._flush_handle is None:
             self._flush_handle = asyncio.get_running_loop().call_later(self._coalesce_delay, self._wake.set)
+
+    async def send_status(self, **fields):
+        if not self._closing:
+            await self.send(bytes_data=protocol.encode_status(**fields))
 
     async def _writer(self):
         """Sends coalesced output; the only task that emits OUTPUT frames."""
@@ -240,93 +279,41 @@ class TerminalConsumer(AsyncWebsocketConsumer):
                 chunk = bytes(self._outbuf)
                 self._outbuf.clear()
                 self._unacked += len(chunk)
-                self._bytes_out += len(chunk)
-                self.recorder.output(chunk)
                 await self.send(bytes_data=protocol.OUTPUT_PREFIX + chunk)
-            if self._ending:
+            if self._closing:
                 return
 
-    def _on_exit(self, exit_code: int | None, error: str | None):
-        if error:
-            self._end_soon(Reason.BACKEND_ERROR, error, exit_code=exit_code)
-        else:
-            self._end_soon(Reason.CLOSED, f"The shell exited (code {exit_code}).", exit_code=exit_code)
-
-    # --- timers and control messages ------------------------------------------------------------
-    async def _watchdog(self):
-        cluster = self.session.cluster
-        loop = asyncio.get_running_loop()
-        max_deadline = self._started + cluster.max_session_duration
-        max_warn_at = max_deadline - min(settings.TERMINAL_WARNING_SECONDS, cluster.max_session_duration / 2)
-        idle_lead = min(settings.TERMINAL_WARNING_SECONDS, cluster.idle_timeout / 2)
-        max_warned = False
-        idle_warned_for = None  # the input time the idle warning was sent for
-        while True:
-            now = loop.time()
-            idle_deadline = self._last_input + cluster.idle_timeout
-            if now >= max_deadline:
-                return self._end_soon(Reason.MAX_DURATION, "The session reached its maximum duration.")
-            if now >= idle_deadline:
-                return self._end_soon(Reason.IDLE, f"No input for {cluster.idle_timeout} s.")
-            if not max_warned and now >= max_warn_at:
-                max_warned = True
-                await self.send(bytes_data=protocol.encode_status(type="warning", reason="max_duration", seconds_left=round(max_deadline - now)))
-            if idle_warned_for != self._last_input and now >= idle_deadline - idle_lead:
-                idle_warned_for = self._last_input
-                await self.send(bytes_data=protocol.encode_status(type="warning", reason="idle", seconds_left=round(idle_deadline - now)))
-            wake_points = [max_deadline, idle_deadline]
-            if not max_warned:
-                wake_points.append(max_warn_at)
-            if idle_warned_for != self._last_input:
-                wake_points.append(idle_deadline - idle_lead)
-            await asyncio.sleep(max(0.0, min(wake_points) - now))
-
-    async def terminal_revoke(self, event):
-        await self._end(Reason.REVOKED, event.get("message") or "This session was revoked.")
-
-    # --- the end --------------------------------------------------------------------------------
-    async def disconnect(self, code):
-        await self._end(Reason.CLOSED, "The browser closed the connection.", send_to_client=False)
-
-    def _end_soon(self, reason, message, **kwargs):
-        if not self._ending and self._end_task is None:
-            self._end_task = asyncio.create_task(self._end(reason, message, **kwargs))
-
-    async def _end(self, reason: str, message: str, *, exit_code: int | None = None, close_code: int | None = None,
-                   send_to_client: bool = True):
-        """Finish the session exactly once: stop the shell, flush, tell the browser, close, record."""
-        if self._ending:
-            return
-        self._ending = True
-        current = asyncio.current_task()
-        if self._watchdog_task is not None and self._watchdog_task is not current:
-            self._watchdog_task.cancel()
-        if self.backend is not None:
-            try:
-                await self.backend.terminate()
-            except Exception:
-                logger.exception("terminal session %s: terminating the backend failed", getattr(self.session, "pk", None))
-        if self._writer_task is not None:
+    async def _flush(self):
+        if self._writer_task is not None and not self._writer_task.done():
             self._wake.set()  # send what is buffered, then stop
             try:
                 await asyncio.wait_for(self._writer_task, timeout=2)
             except (asyncio.TimeoutError, asyncio.CancelledError, Exception):
                 self._writer_task.cancel()
-        if self.recorder is not None:
-            self.recorder.close()
-        for group in self._groups:
-            await self.channel_layer.group_discard(group, self.channel_name)
-        if send_to_client:
-            try:
-                status = {"type": "exit", "reason": reason, "message": message}
-                if exit_code is not None:
-                    status["exit_code"] = exit_code
-                await self.send(bytes_data=protocol.encode_status(**status))
-                await self.close(code=close_code or _CLOSE_CODES.get(reason, protocol.CLOSE_NORMAL), reason=_close_reason(message))
-            except Exception:  # the socket may already be gone
-                pass
-        if self.session is not None:
-            await database_sync_to_async(actions.finish_terminal_session)(
-                self.session, reason=reason, message=message, exit_code=exit_code,
-                bytes_in=self._bytes_in, bytes_out=self._bytes_out,
-            )
+
+    async def session_ended(self, reason: str, message: str, exit_code: int | None, close_code: int | None):
+        """The LiveSession ended: flush, tell the browser why, close."""
+        self._closing = True
+        await self._flush()
+        try:
+            status = {"type": "exit", "reason": reason, "message": message}
+            if exit_code is not None:
+                status["exit_code"] = exit_code
+            await self.send(bytes_data=protocol.encode_status(**status))
+            await self.close(code=close_code or _CLOSE_CODES.get(reason, protocol.CLOSE_NORMAL), reason=_close_reason(message))
+        except Exception:  # the socket may already be gone
+            pass
+
+    async def taken_over(self):
+        """Another connection of the same user reattached to this session."""
+        self._closing = True
+        message = "The session was opened in another window."
+        try:
+            await self.send(bytes_data=protocol.encode_status(type="detached", message=message))
+            await self.close(code=protocol.CLOSE_TAKEN_OVER, reason=message)
+        except Exception:
+            pass
+
+    # --- the end --------------------------------------------------------------------------------
+    async def disconnect(self, code):
+        self._detach()

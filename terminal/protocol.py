@@ -10,6 +10,7 @@ import struct
 INPUT = 0x01
 RESIZE = 0x02
 ACK = 0x03
+TERMINATE = 0x04  # no payload: end the session now (not just this connection)
 # Server → client
 OUTPUT = 0x81
 STATUS = 0x82
@@ -24,6 +25,7 @@ CLOSE_BAD_FRAME = 4400
 CLOSE_UNAUTHENTICATED = 4401
 CLOSE_FORBIDDEN = 4403
 CLOSE_NOT_FOUND = 4404
+CLOSE_TAKEN_OVER = 4409
 CLOSE_TOO_LARGE = 4413
 CLOSE_BACKEND_ERROR = 4500
 
@@ -46,7 +48,7 @@ def check_size(cols: int, rows: int) -> tuple[int, int]:
 
 
 def decode_client_frame(frame: bytes, max_frame: int) -> tuple[int, object]:
-    """Return (opcode, value): INPUT → bytes, RESIZE → (cols, rows), ACK → int."""
+    """Return (opcode, value): INPUT → bytes, RESIZE → (cols, rows), ACK → int, TERMINATE → None."""
     if len(frame) > max_frame:
         raise ProtocolError(f"Frame of {len(frame)} bytes exceeds the {max_frame}-byte limit.", CLOSE_TOO_LARGE)
     if not frame:
@@ -62,6 +64,10 @@ def decode_client_frame(frame: bytes, max_frame: int) -> tuple[int, object]:
         if len(frame) != 1 + _ACK.size:
             raise ProtocolError("ACK takes exactly 4 bytes.")
         return ACK, _ACK.unpack_from(frame, 1)[0]
+    if opcode == TERMINATE:
+        if len(frame) != 1:
+            raise ProtocolError("TERMINATE takes no payload.")
+        return TERMINATE, None
     raise ProtocolError(f"Unknown opcode 0x{opcode:02x}.")
 
 
@@ -80,3 +86,7 @@ def encode_resize(cols: int, rows: int) -> bytes:
 
 def encode_ack(count: int) -> bytes:
     return bytes([ACK]) + _ACK.pack(count)
+
+
+def encode_terminate() -> bytes:
+    return bytes([TERMINATE])

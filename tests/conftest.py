@@ -135,6 +135,15 @@ def _database_url() -> str:
     return f"sqlite:///{s['NAME']}"
 
 
+class LiveServer(str):
+    """The base URL of a running daphne, with its process (tests that stop the server use it)."""
+
+    def __new__(cls, url: str, proc: subprocess.Popen):
+        obj = super().__new__(cls, url)
+        obj.proc = proc
+        return obj
+
+
 @pytest.fixture
 def live_daphne(transactional_db, tmp_path, settings):
     port = _free_port()
@@ -160,7 +169,7 @@ def live_daphne(transactional_db, tmp_path, settings):
                 proc.kill()
                 pytest.fail(f"daphne did not start: {(tmp_path / 'daphne.log').read_text()}")
             time.sleep(0.1)
-    yield f"http://127.0.0.1:{port}"
+    yield LiveServer(f"http://127.0.0.1:{port}", proc)
     proc.terminate()
     try:
         proc.wait(timeout=15)

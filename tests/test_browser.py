@@ -2,6 +2,8 @@
 
 import os
 import shutil
+import signal
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -10,6 +12,8 @@ from django.db import connection
 
 from accounts.models import User
 from clusters.services import map_account
+from terminal.backends.local_pty import session_pids
+from terminal.models import TerminalSession
 from tests.conftest import PASSWORD, _ensure_posix_user
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
@@ -85,11 +89,69 @@ def test_bob_signs_in_opens_the_terminal_and_runs_whoami(cast, bob_posix, live_d
     assert f"\n{bob_posix.pw_name}\n" in _terminal_text(page) + "\n"
     assert page.locator(".terminal-status").inner_text().lower().startswith("connected")
 
-    # ?renderer=dom stores the preference and the page still works with the DOM renderer.
+    # ?renderer=dom stores the preference; the reload reattaches to the same shell, scrollback included.
+    page.keyboard.type("export MARK=kept-$((40+2))\n")
+    first_session = _in_thread(lambda: TerminalSession.objects.get(user=cast.bob, ended_at__isnull=True).pk)
     page.goto(f"{live_daphne}/t/acme/c/hpc/terminal/?renderer=dom")
     page.wait_for_function("window.clusterraTerminal.state === 'connected'", timeout=15000)
     assert _in_thread(lambda: User.objects.get(pk=cast.bob.pk).terminal_renderer) == "dom"
+    page.wait_for_function("() => window.clusterraTerminal.term.buffer.active.getLine(0) !== undefined", timeout=5000)
     page.locator(".xterm").click()
+    page.keyboard.type("echo mark=$MARK\n")
+    _wait_for_line(page, "mark=kept-42")
+    assert "export MARK" in _terminal_text(page)  # replayed scrollback from before the reload
+    assert _in_thread(lambda: list(TerminalSession.objects.filter(user=cast.bob).values_list("pk", flat=True))) == [first_session]
+
+    # "New session" ends the old shell at once and opens a fresh one.
+    page.click(".terminal-new")
+    page.wait_for_function("window.clusterraTerminal.state === 'connected'", timeout=15000)
+    _wait_for(lambda: TerminalSession.objects.get(pk=first_session).end_message == "Ended by the user.")
+    page.locator(".xterm").click()
+    page.keyboard.type("echo mark=${MARK:-unset}\n")
+    _wait_for_line(page, "mark=unset")
     page.keyboard.type("exit\n")
     page.wait_for_function("window.clusterraTerminal.state === 'ended'", timeout=10000)
     assert "closed" in page.locator(".terminal-status").inner_text()
+
+
+def test_stopping_the_server_ends_a_detached_session(cast, bob_posix, live_daphne, browser_page):
+    """A session waiting for its browser has no consumer; daphne's shutdown must still end it."""
+    page = browser_page
+    page.goto(f"{live_daphne}/accounts/login/?next=/t/acme/c/hpc/terminal/")
+    page.fill("input[name=username]", "bob@acme.test")
+    page.fill("input[name=password]", PASSWORD)
+    page.click("button[type=submit]")
+    page.wait_for_function("window.clusterraTerminal && window.clusterraTerminal.state === 'connected'", timeout=15000)
+    page.locator(".xterm").click()
+    page.keyboard.type("sleep 1000 & echo st''arted\n")
+    _wait_for_line(page, "started", exact=False)
+    page.goto("about:blank")  # the socket closes; the session waits for a reattach
+    session = _in_thread(lambda: TerminalSession.objects.get(user=cast.bob))
+    sid = int(session.backend_session_id)
+    assert session.ended_at is None and session_pids(sid)
+    live_daphne.proc.send_signal(signal.SIGTERM)
+    live_daphne.proc.wait(timeout=15)
+    session = _in_thread(lambda: TerminalSession.objects.get(pk=session.pk))
+    assert session.end_reason == "server_shutdown"
+    assert session_pids(sid) == []
+
+
+def _wait_for(predicate, timeout=10.0):
+    deadline = time.monotonic() + timeout
+    while not _in_thread(predicate):
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.1)
+
+
+def _wait_for_line(page, text: str, exact: bool = True):
+    page.wait_for_function(
+        """([text, exact]) => {
+            const buf = window.clusterraTerminal.term.buffer.active;
+            for (let i = 0; i < buf.length; i++) {
+                const line = buf.getLine(i).translateToString(true).trim();
+                if (exact ? line === text : line.includes(text)) return true;
+            }
+            return false;
+        }""",
+        arg=[text, exact], timeout=10000,
+    )

@@ -10,6 +10,7 @@ def test_client_frames_round_trip():
     assert protocol.decode_client_frame(protocol.encode_input(b"ls\r"), 1024) == (protocol.INPUT, b"ls\r")
     assert protocol.decode_client_frame(protocol.encode_resize(132, 43), 1024) == (protocol.RESIZE, (132, 43))
     assert protocol.decode_client_frame(protocol.encode_ack(65536), 1024) == (protocol.ACK, 65536)
+    assert protocol.decode_client_frame(protocol.encode_terminate(), 1024) == (protocol.TERMINATE, None)
     # Wire layout is fixed: big-endian, one opcode byte.
     assert protocol.encode_resize(0x0102, 0x0304) == b"\x02\x01\x02\x03\x04"
     assert protocol.encode_ack(0x01020304) == b"\x03\x01\x02\x03\x04"
@@ -19,6 +20,7 @@ def test_client_frames_round_trip():
     (b"", protocol.CLOSE_BAD_FRAME),
     (b"\x09", protocol.CLOSE_BAD_FRAME),
     (b"\x02\x00", protocol.CLOSE_BAD_FRAME),
+    (b"\x04\x00", protocol.CLOSE_BAD_FRAME),  # TERMINATE has no payload
     (b"\x03\x00\x00\x00\x00\x00", protocol.CLOSE_BAD_FRAME),
     (protocol.encode_resize(1001, 10), protocol.CLOSE_BAD_FRAME),
     (b"\x01" + b"x" * 2000, protocol.CLOSE_TOO_LARGE),

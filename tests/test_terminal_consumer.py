@@ -16,10 +16,21 @@ from terminal import protocol
 from terminal.actions import revoke_terminal_sessions
 from terminal.backends.local_pty import session_pids
 from terminal.consumers import TerminalConsumer
+from terminal.live import LiveSession
 from terminal.models import TerminalSession
 from tests.terminal_client import TerminalClient, terminal_path
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
+
+
+@pytest.fixture(autouse=True)
+async def _no_reattach(settings, transactional_db):
+    """Here a closed socket ends its session at once; tests/test_terminal_reattach.py covers the grace period.
+
+    Ends what is still live (finishing a session writes to the database) before the database is flushed."""
+    settings.TERMINAL_REATTACH_GRACE = 0
+    yield
+    await LiveSession.end_all()
 
 
 async def open_session(user, **query) -> TerminalClient:

@@ -5,11 +5,13 @@ import { WebLinksAddon } from "@xterm/addon-web-links";
 import { SearchAddon } from "@xterm/addon-search";
 import { WebglAddon } from "@xterm/addon-webgl";
 
-const OP_INPUT = 0x01, OP_RESIZE = 0x02, OP_ACK = 0x03;
+const OP_INPUT = 0x01, OP_RESIZE = 0x02, OP_ACK = 0x03, OP_TERMINATE = 0x04;
 const OP_OUTPUT = 0x81, OP_STATUS = 0x82;
 const ACK_THRESHOLD = 64 * 1024;   // ack at once after this many processed bytes...
 const ACK_DELAY_MS = 100;          // ...else within this long (one ACK per burst, not per keystroke)
 const MAX_INPUT_CHUNK = 32 * 1024; // the server closes on frames > 64 KiB (4413): split big pastes
+const CLOSE_NOT_FOUND = 4404, CLOSE_TAKEN_OVER = 4409;
+const RECONNECT_DELAYS_MS = [250, 500, 1000, 2000, 4000, 8000]; // then every 8 s until the grace period is over
 
 const root = document.getElementById("terminal-root");
 const host = root.querySelector(".terminal-host");
@@ -165,16 +167,43 @@ function endSession(s, statusText, termLine) {
   term.write(`\r\n\x1b[2m[${termLine}]\x1b[0m\r\n`);
 }
 
+// The live session of this tab, so a reload or a dropped connection reattaches to it (docs/terminal-protocol.md).
+const storageKey = `clusterra.terminal:${config.wsPath}`;
+const remembered = {
+  get() { try { return JSON.parse(sessionStorage.getItem(storageKey)); } catch { return null; } },
+  set(id, grace) { try { sessionStorage.setItem(storageKey, JSON.stringify({ id, grace })); } catch { /* storage off */ } },
+  clear() { try { sessionStorage.removeItem(storageKey); } catch { /* storage off */ } },
+};
+
 function handleStatus(s, msg) {
   if (msg.type === "connected") {
     s.state = "connected";
+    s.sessionId = msg.session_id;
+    s.grace = Number(msg.reattach_grace) || 0;
+    remembered.set(s.sessionId, s.grace);
+    if (msg.reattached) {
+      // The server replays its recent output next: start from a clean screen, after what is queued.
+      term.write("", () => term.reset());
+      term.options.disableStdin = false;
+      hideBanner();
+    }
     setStatus("connected", `Connected as ${plain(msg.posix_user || config.posixUser)}`);
+  } else if (msg.type === "detached") {
+    s.exited = true;
+    endSession(s, plain(msg.message), "detached: " + plain(msg.message));
   } else if (msg.type === "warning") {
     showWarning(msg);
   } else if (msg.type === "notice") {
     showNotice(plain(msg.message));
   } else if (msg.type === "exit") {
     s.exited = true;
+    if (msg.reason === "refused" && s.attachId) {
+      // The session we tried to reattach to is gone.
+      remembered.clear();
+      if (s.onPageLoad) { s.replaced = true; connect(null); return; }
+    } else {
+      remembered.clear();
+    }
     const reason = plain(msg.reason), message = plain(msg.message);
     endSession(s, `Session ended: ${reason}${message ? ` — ${message}` : ""}`,
       `session ended: ${reason}${message ? ` — ${message}` : ""}`);
@@ -198,12 +227,16 @@ function handleMessage(s, data) {
   }
 }
 
-function connect() {
-  const s = { ws: null, state: "connecting", exited: false, pendingWrites: 0, unacked: 0, ackTimer: 0, queuedResize: null };
+function connect(attachId, { onPageLoad = false, droppedAt = 0, attempt = 0 } = {}) {
+  const s = {
+    ws: null, state: "connecting", exited: false, replaced: false, pendingWrites: 0, unacked: 0, ackTimer: 0,
+    queuedResize: null, sessionId: attachId, attachId, onPageLoad, grace: 0,
+  };
   session = s;
-  setStatus("connecting", "Connecting…");
+  if (!droppedAt) setStatus("connecting", "Connecting…");
   let query = `cols=${clampSize(term.cols)}&rows=${clampSize(term.rows)}`;
-  if (config.cwd) query += `&cwd=${encodeURIComponent(config.cwd)}`;
+  if (attachId) query += `&attach=${encodeURIComponent(attachId)}`;
+  else if (config.cwd) query += `&cwd=${encodeURIComponent(config.cwd)}`;
   const scheme = location.protocol === "https:" ? "wss:" : "ws:";
   s.ws = new WebSocket(`${scheme}//${location.host}${config.wsPath}?${query}`);
   s.ws.binaryType = "arraybuffer";
@@ -214,8 +247,19 @@ function connect() {
   };
   s.ws.onmessage = (ev) => { if (s === session) handleMessage(s, ev.data); };
   s.ws.onclose = (ev) => {
-    if (s !== session || s.exited) return; // the exit status already explained the end
-    // Never reconnect on our own: "New session" starts a fresh one.
+    if (s !== session || s.exited || s.replaced) return; // the exit status already explained the end
+    const grace = s.grace || (remembered.get() || {}).grace || 0;
+    const since = droppedAt || Date.now();
+    const id = s.sessionId;
+    if (id && ev.code !== CLOSE_TAKEN_OVER && ev.code !== CLOSE_NOT_FOUND && Date.now() - since < grace * 1000) {
+      // The connection dropped but the shell lives on: reattach while the server keeps it.
+      s.state = "reconnecting";
+      setStatus("reconnecting", "Connection lost — reconnecting…");
+      const delay = RECONNECT_DELAYS_MS[Math.min(attempt, RECONNECT_DELAYS_MS.length - 1)];
+      setTimeout(() => { if (s === session) connect(id, { droppedAt: since, attempt: attempt + 1 }); }, delay);
+      return;
+    }
+    remembered.clear();
     const text = `Disconnected (code ${ev.code})${ev.reason ? `: ${plain(ev.reason)}` : ""}`;
     endSession(s, text, text.toLowerCase());
   };
@@ -316,12 +360,14 @@ newSessionLink.addEventListener("click", (ev) => {
   ev.preventDefault();
   const old = session;
   session = null; // from here on, events of the old socket are ignored
+  remembered.clear();
+  if (old && old.ws.readyState === WebSocket.OPEN) old.ws.send(new Uint8Array([OP_TERMINATE])); // end it, don't leave it waiting
   if (old && old.ws.readyState <= WebSocket.OPEN) old.ws.close(1000, "new session");
   hideBanner();
   term.options.disableStdin = false;
   // Reset once xterm has drained output the old session already queued, so none of it leaks in.
   term.write("", () => term.reset());
-  connect();
+  connect(null);
   term.focus();
 });
 
@@ -334,5 +380,7 @@ window.clusterraTerminal = {
 };
 
 fitNow(); // the first fit decides the cols/rows sent in the URL
-connect();
+// A reload of this tab reattaches to its live session; "Open terminal here" (a cwd) starts a new one.
+const previous = config.cwd ? null : remembered.get();
+connect(previous ? previous.id : null, { onPageLoad: Boolean(previous) });
 term.focus();

@@ -1,6 +1,6 @@
 """The seam between the terminal consumer and whatever runs the shell (local PTY, AWS SSM)."""
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 
@@ -16,6 +16,9 @@ class ShellRequest:
     working_directory: str | None
     cols: int
     rows: int
+    session_id: str = ""  # the portal's TerminalSession id
+    account: object = None  # the ClusterAccount (user and cluster loaded), for backends that call out (SSM)
+    id_token: str | None = field(default=None, repr=False)  # the IdP's ID token, when the user signed in with OIDC
 
 
 class SessionBackend:

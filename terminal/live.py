@@ -1,0 +1,292 @@
+"""Live terminal sessions: the shell side of a session, independent of any browser socket.
+
+A LiveSession owns the backend (local PTY or SSM data channel), the recording, the idle and
+max-duration watchdog, revocation (its own channel-layer channel in the user's and the session's
+groups) and a bounded scrollback of recent output. A TerminalConsumer *attaches* to it. When the
+browser's socket drops, the session stays up for TERMINAL_REATTACH_GRACE seconds; a new socket
+with `?attach=<session id>` from the same user takes it over and first receives the scrollback.
+
+Live sessions are held in this process (`LiveSession.registry`): a reattach must reach the same
+portal process, which the single-daphne deployment guarantees (docs/deployment.md).
+"""
+
+import asyncio
+import logging
+from typing import Protocol
+
+from channels.db import database_sync_to_async
+from channels.layers import get_channel_layer
+from django.conf import settings
+
+from terminal import actions, protocol
+from terminal.backends.base import SessionBackend
+from terminal.models import TerminalSession
+from terminal.recording import AsciicastRecorder
+
+logger = logging.getLogger(__name__)
+Reason = TerminalSession.EndReason
+
+
+class Attachment(Protocol):
+    """What a LiveSession needs from the browser connection attached to it (the consumer)."""
+
+    def deliver(self, data: bytes) -> None: ...
+
+    def read_budget(self) -> int: ...
+
+    async def send_status(self, **fields) -> None: ...
+
+    async def session_ended(self, reason: str, message: str, exit_code: int | None, close_code: int | None) -> None: ...
+
+    async def taken_over(self) -> None: ...
+
+
+def trim_scrollback(data: bytes) -> bytes:
+    """Scrollback cut at an arbitrary byte may start inside an escape sequence or a UTF-8 character:
+    start at the next line instead, when there is one nearby."""
+    newline = data.find(b"\n", 0, 4096)
+    return data[newline + 1 :] if newline >= 0 else data
+
+
+class LiveSession:
+    registry: "dict[str, LiveSession]" = {}
+
+    def __init__(self, session: TerminalSession, backend_class: type[SessionBackend]):
+        self.session = session
+        self.cluster = session.cluster
+        self.backend = backend_class(on_output=self._on_output, on_exit=self._on_exit, read_budget=self._read_budget)
+        self.recorder: AsciicastRecorder | None = None
+        self.attached: Attachment | None = None
+        self.bytes_in = 0
+        self.bytes_out = 0
+        self.ending = False
+        self.ended = asyncio.Event()
+        self._scrollback = bytearray()
+        self._scrollback_limit = min(settings.TERMINAL_SCROLLBACK_BYTES, settings.TERMINAL_HIGH_WATERMARK)
+        self._scrollback_trimmed = False
+        self._read_while_detached = 0
+        self._channel_name: str | None = None
+        self._groups: list[str] = []
+        self._tasks: list[asyncio.Task] = []
+        self._grace_task: asyncio.Task | None = None
+        self._end_task: asyncio.Task | None = None
+        loop = asyncio.get_running_loop()
+        self.started = self.last_input = loop.time()
+
+    @property
+    def key(self) -> str:
+        return str(self.session.pk)
+
+    @classmethod
+    def find(cls, session_id: str, user_id) -> "LiveSession | None":
+        live = cls.registry.get(session_id)
+        if live is None or live.ending or live.session.user_id != user_id:
+            return None
+        return live
+
+    # --- start ----------------------------------------------------------------------------------
+    async def start(self, request, consumer: Attachment) -> None:
+        """Start the shell with `consumer` attached. Raises the backend's errors (nothing is left running)."""
+        self.attached = consumer
+        self.registry[self.key] = self  # from here on end() takes it out again, also after a failed start
+        await self.backend.start(request)
+        await database_sync_to_async(actions.attach_backend_session)(self.session, self.backend.session_id)
+        self.recorder = AsciicastRecorder(
+            self.session.recording_path, cols=request.cols, rows=request.rows, shell=self.backend.shell,
+            title=f"{self.session.posix_username}@{self.cluster.slug}",
+        )
+        loop = asyncio.get_running_loop()
+        self.started = self.last_input = loop.time()
+        self._tasks.append(asyncio.create_task(self._watchdog()))
+        await self._listen_for_revocation()
+
+    async def _listen_for_revocation(self):
+        layer = get_channel_layer()
+        self._channel_name = await layer.new_channel()
+        for group in (actions.user_group(self.session.user_id), actions.session_group(self.session.pk)):
+            await layer.group_add(group, self._channel_name)
+            self._groups.append(group)
+
+        async def listen():
+            while True:
+                message = await layer.receive(self._channel_name)
+                if message.get("type") == "terminal.revoke":
+                    self.end_soon(Reason.REVOKED, message.get("message") or "This session was revoked.")
+                    return
+
+        self._tasks.append(asyncio.create_task(listen()))
+
+    # --- attach / detach ------------------------------------------------------------------------
+    async def attach(self, consumer: Attachment, *, client_address: str | None) -> bytes:
+        """Hand the session to a new browser connection; returns the scrollback to replay."""
+        previous, self.attached = self.attached, consumer
+        if self._grace_task is not None:
+            self._grace_task.cancel()
+            self._grace_task = None
+        if previous is not None and previous is not consumer:
+            await previous.taken_over()
+        await database_sync_to_async(actions.record_reattach)(self.session, client_address=client_address)
+        self.backend.resume_reading()
+        scrollback = bytes(self._scrollback)
+        return trim_scrollback(scrollback) if self._scrollback_trimmed else scrollback
+
+    def detach(self, consumer: Attachment) -> None:
+        """The browser connection went away: keep the shell for the grace period, then end it."""
+        if self.attached is not consumer or self.ending:
+            return
+        self.attached = None
+        self._read_while_detached = 0
+        grace = settings.TERMINAL_REATTACH_GRACE
+        if grace <= 0:
+            self.end_soon(Reason.CLOSED, "The browser closed the connection.")
+            return
+
+        async def wait_for_reattach():
+            await asyncio.sleep(grace)
+            self.end_soon(Reason.CLOSED, f"The browser did not come back within {grace} s.")
+
+        self._grace_task = asyncio.create_task(wait_for_reattach())
+
+    # --- browser → shell ------------------------------------------------------------------------
+    def write(self, data: bytes) -> bool:
+        self.last_input = asyncio.get_running_loop().time()
+        self.bytes_in += len(data)
+        return self.backend.write(data)
+
+    def resize(self, cols: int, rows: int) -> None:
+        self.backend.resize(cols, rows)
+        if self.recorder:
+            self.recorder.resize(cols, rows)
+
+    def resume_reading(self) -> None:
+        self.backend.resume_reading()
+
+    # --- shell → browser ------------------------------------------------------------------------
+    def _read_budget(self) -> int:
+        if self.attached is not None:
+            return self.attached.read_budget()
+        # Detached: keep reading until a scrollback's worth arrived, then let the shell block until
+        # someone reattaches (bounded memory and no CPU spent on output nobody will see).
+        return self._scrollback_limit - self._read_while_detached
+
+    def _on_output(self, data: bytes) -> None:
+        self.bytes_out += len(data)
+        if self.recorder is not None:
+            self.recorder.output(data)
+        self._scrollback += data
+        overflow = len(self._scrollback) - self._scrollback_limit
+        if overflow > 0:
+            del self._scrollback[:overflow]
+            self._scrollback_trimmed = True
+        if self.attached is not None:
+            self.attached.deliver(data)
+        else:
+            self._read_while_detached += len(data)
+
+    def _on_exit(self, exit_code: int | None, error: str | None) -> None:
+        if error:
+            self.end_soon(Reason.BACKEND_ERROR, error, exit_code=exit_code)
+        else:
+            self.end_soon(Reason.CLOSED, f"The shell exited (code {exit_code}).", exit_code=exit_code)
+
+    # --- timers ---------------------------------------------------------------------------------
+    async def _warn(self, **fields):
+        if self.attached is not None:
+            try:
+                await self.attached.send_status(**fields)
+            except Exception:  # the socket may be closing; the next attach gets the next warning
+                pass
+
+    async def _watchdog(self):
+        cluster = self.cluster
+        loop = asyncio.get_running_loop()
+        max_deadline = self.started + cluster.max_session_duration
+        max_warn_at = max_deadline - min(settings.TERMINAL_WARNING_SECONDS, cluster.max_session_duration / 2)
+        idle_lead = min(settings.TERMINAL_WARNING_SECONDS, cluster.idle_timeout / 2)
+        max_warned = False
+        idle_warned_for = None  # the input time the idle warning was sent for
+        while True:
+            now = loop.time()
+            idle_deadline = self.last_input + cluster.idle_timeout
+            if now >= max_deadline:
+                return self.end_soon(Reason.MAX_DURATION, "The session reached its maximum duration.")
+            if now >= idle_deadline:
+                return self.end_soon(Reason.IDLE, f"No input for {cluster.idle_timeout} s.")
+            if not max_warned and now >= max_warn_at:
+                max_warned = True
+                await self._warn(type="warning", reason="max_duration", seconds_left=round(max_deadline - now))
+            if idle_warned_for != self.last_input and now >= idle_deadline - idle_lead:
+                idle_warned_for = self.last_input
+                await self._warn(type="warning", reason="idle", seconds_left=round(idle_deadline - now))
+            wake_points = [max_deadline, idle_deadline]
+            if not max_warned:
+                wake_points.append(max_warn_at)
+            if idle_warned_for != self.last_input:
+                wake_points.append(idle_deadline - idle_lead)
+            await asyncio.sleep(max(0.0, min(wake_points) - now))
+
+    # --- the end --------------------------------------------------------------------------------
+    def end_soon(self, reason: str, message: str, **kwargs) -> None:
+        if not self.ending and self._end_task is None:
+            self._end_task = asyncio.create_task(self.end(reason, message, **kwargs))
+
+    async def end(self, reason: str, message: str, *, exit_code: int | None = None, close_code: int | None = None) -> None:
+        """Finish the session exactly once: stop the shell, tell the browser, record, audit."""
+        if self.ending:
+            await self.ended.wait()
+            return
+        self.ending = True
+        try:
+            current = asyncio.current_task()
+            for task in [*self._tasks, self._grace_task]:
+                if task is not None and task is not current:
+                    task.cancel()
+            try:
+                await self.backend.terminate()
+            except Exception:
+                logger.exception("terminal session %s: terminating the backend failed", self.key)
+            if self.recorder is not None:
+                self.recorder.close()
+            if self._channel_name is not None:
+                layer = get_channel_layer()
+                for group in self._groups:
+                    await layer.group_discard(group, self._channel_name)
+            attached, self.attached = self.attached, None
+            if attached is not None:
+                try:
+                    await attached.session_ended(reason, message, exit_code, close_code)
+                except Exception:
+                    logger.exception("terminal session %s: telling the browser failed", self.key)
+            await database_sync_to_async(actions.finish_terminal_session)(
+                self.session, reason=reason, message=message, exit_code=exit_code,
+                bytes_in=self.bytes_in, bytes_out=self.bytes_out,
+            )
+        finally:
+            self.registry.pop(self.key, None)
+            self.ended.set()
+
+    @classmethod
+    async def end_all(cls, reason: str = Reason.SERVER_SHUTDOWN, message: str = "The server is shutting down.") -> None:
+        """End every live session of this process (server shutdown)."""
+        sessions = list(cls.registry.values())
+        if sessions:
+            await asyncio.gather(*(live.end(reason, message, close_code=protocol.CLOSE_GOING_AWAY) for live in sessions),
+                                 return_exceptions=True)
+
+
+def end_live_sessions_when_daphne_stops() -> None:
+    """Under daphne, end the live sessions before the server exits, detached ones included.
+
+    Daphne cancels the consumers of open sockets when it stops, which ends their sessions; a session
+    waiting for its browser to come back has no consumer, so it needs this hook of its own.
+    """
+    import sys
+
+    reactor = sys.modules.get("twisted.internet.reactor")
+    if reactor is None:  # not under daphne (tests, management commands)
+        return
+    from twisted.internet import defer
+
+    reactor.addSystemEventTrigger(
+        "before", "shutdown", lambda: defer.Deferred.fromFuture(asyncio.ensure_future(LiveSession.end_all()))
+    )
