@@ -98,3 +98,27 @@ class ApiToken(models.Model):
     @property
     def is_usable(self) -> bool:
         return self.revoked_at is None and self.expires_at > timezone.now() and self.user.is_active
+
+
+class SigningKey(models.Model):
+    """An RSA key the portal signs its AWS web-identity tokens with (accounts/issuer.py).
+
+    The private key is stored encrypted with a key derived from SECRET_KEY; the public half is kept
+    as a JWK so the JWKS never needs the private key. Exactly one key is `active` (signs new tokens);
+    a retired key stays published until `expires_at`, when every token it signed has expired.
+    """
+
+    kid = models.CharField(max_length=64, unique=True)
+    private_key_encrypted = models.TextField(help_text="PKCS#8 PEM, Fernet-encrypted with a key derived from SECRET_KEY.")
+    public_jwk = models.JSONField()
+    active = models.BooleanField(default=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    retired_at = models.DateTimeField(null=True, blank=True, help_text="When a newer key took over signing.")
+    expires_at = models.DateTimeField(null=True, blank=True, help_text="Dropped from the JWKS after this.")
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        constraints = [models.UniqueConstraint(fields=["active"], condition=models.Q(active=True), name="one_active_signing_key")]
+
+    def __str__(self):
+        return f"{self.kid} ({'active' if self.active else 'retired'})"

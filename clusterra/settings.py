@@ -6,6 +6,7 @@ an in-memory channel layer, local accounts. Production sets a database URL, Redi
 
 import secrets
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
@@ -175,11 +176,11 @@ TERMINAL_COALESCE_BYTES = env_int("CLUSTERRA_TERMINAL_COALESCE_BYTES", 256 * 102
 TERMINAL_MAX_FRAME = env_int("CLUSTERRA_TERMINAL_MAX_FRAME", 64 * 1024, minimum=1024)
 # Warn this many seconds before the idle timeout or the maximum duration ends a session.
 TERMINAL_WARNING_SECONDS = env_int("CLUSTERRA_TERMINAL_WARNING_SECONDS", 60, minimum=0)
-# PATH given to the user's login shell (their profile may extend it).
 # A dropped browser connection may reattach to its live session within this many seconds (0: end at once).
 TERMINAL_REATTACH_GRACE = env_int("CLUSTERRA_TERMINAL_REATTACH_GRACE", 60, minimum=0, maximum=3600)
 # Recent output kept per session and replayed on reattach (at most the high watermark).
 TERMINAL_SCROLLBACK_BYTES = env_int("CLUSTERRA_TERMINAL_SCROLLBACK_BYTES", 256 * 1024, minimum=0, maximum=16 * 1024 * 1024)
+# PATH given to the user's login shell (their profile may extend it).
 TERMINAL_PATH = env_str("CLUSTERRA_TERMINAL_PATH", "/usr/local/bin:/usr/bin:/bin:/usr/local/sbin:/usr/sbin")
 TERMINAL_LANG = env_str("CLUSTERRA_TERMINAL_LANG", "C.UTF-8")
 
@@ -191,3 +192,34 @@ LOGGING = {
     "root": {"handlers": ["console"], "level": env_str("CLUSTERRA_LOG_LEVEL", "INFO")},
     "loggers": {"django.channels.server": {"level": "WARNING"}},
 }
+
+# --- AWS ---------------------------------------------------------------------------------------
+# The portal is the OIDC issuer AWS trusts for SSM clusters (docs/aws.md): tokens it signs are
+# exchanged with STS AssumeRoleWithWebIdentity for per-user credentials.
+# The embedded default is the local portal (`make demo` serves CLUSTERRA_PORT); AWS itself needs the public https URL.
+AWS_ISSUER_URL = (
+    env_str("CLUSTERRA_ISSUER_URL") or f"http://127.0.0.1:{env_int('CLUSTERRA_PORT', 8000, minimum=1, maximum=65535)}"
+).rstrip("/")
+_issuer = urlsplit(AWS_ISSUER_URL)
+if _issuer.scheme not in ("http", "https") or not _issuer.hostname or _issuer.query or _issuer.fragment or _issuer.username:
+    raise ImproperlyConfigured(
+        f"CLUSTERRA_ISSUER_URL must be an http(s) URL with a host and no query, fragment or user, got {AWS_ISSUER_URL!r}"
+    )
+# Lifetime of a token the portal signs for STS (it is used at once; short is safer).
+AWS_TOKEN_LIFETIME = env_int("CLUSTERRA_AWS_TOKEN_LIFETIME", 300, minimum=60, maximum=3600)
+# A new signing key every N days (Celery beat checks every 6 h; `manage.py rotate_signing_key` forces one).
+SIGNING_KEY_ROTATION_DAYS = env_int("CLUSTERRA_SIGNING_KEY_ROTATION_DAYS", 30, minimum=1, maximum=365)
+# DurationSeconds asked of STS (the role's MaxSessionDuration must allow it; 3600 is IAM's default).
+AWS_SESSION_DURATION = env_int("CLUSTERRA_AWS_SESSION_DURATION", 3600, minimum=900, maximum=43200)
+# Cached STS credentials are replaced this many seconds before they expire.
+AWS_CREDENTIAL_REFRESH_MARGIN = env_int("CLUSTERRA_AWS_CREDENTIAL_REFRESH_MARGIN", 300, minimum=0, maximum=1800)
+if AWS_CREDENTIAL_REFRESH_MARGIN >= AWS_SESSION_DURATION - 60:
+    raise ImproperlyConfigured("CLUSTERRA_AWS_CREDENTIAL_REFRESH_MARGIN must be well below CLUSTERRA_AWS_SESSION_DURATION")
+# Every AWS call: connect/read timeouts (seconds) and total attempts (standard retry mode).
+AWS_CONNECT_TIMEOUT = env_int("CLUSTERRA_AWS_CONNECT_TIMEOUT", 5, minimum=1, maximum=60)
+AWS_READ_TIMEOUT = env_int("CLUSTERRA_AWS_READ_TIMEOUT", 20, minimum=1, maximum=300)
+AWS_MAX_ATTEMPTS = env_int("CLUSTERRA_AWS_MAX_ATTEMPTS", 3, minimum=1, maximum=10)
+CELERY_BEAT_SCHEDULE["rotate-signing-key"] = {"task": "accounts.tasks.rotate_signing_key_if_due", "schedule": 6 * 3600}
+# botocore logs request and response bodies at DEBUG, and those carry web-identity and session tokens.
+for _name in ("botocore", "boto3", "urllib3", "s3transfer"):
+    LOGGING["loggers"].setdefault(_name, {"level": "WARNING"})

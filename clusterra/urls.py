@@ -7,6 +7,7 @@ from jobs.api import api
 urlpatterns = [
     path("", cluster_views.home, name="home"),
     path("accounts/", include("accounts.urls")),
+    path(".well-known/", include("accounts.wellknown")),  # OIDC discovery + JWKS for AWS (accounts/issuer.py)
     path("t/<slug:tenant_slug>/c/<slug:cluster_slug>/", include("clusters.urls")),
     path("t/<slug:tenant_slug>/c/<slug:cluster_slug>/terminal/", include("terminal.urls")),
     path("t/<slug:tenant_slug>/c/<slug:cluster_slug>/jobs/", include("jobs.urls")),
