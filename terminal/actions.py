@@ -12,7 +12,10 @@ from django.conf import settings
 from django.db.models import F
 from django.utils import timezone
 
+from accounts.issuer import user_subject
+from accounts.models import Tenant
 from audit.services import record_event
+from clusters import aws
 from clusters.models import Cluster, ClusterAccount
 from terminal.models import TerminalSession
 
@@ -72,6 +75,7 @@ def open_terminal_session(*, user, tenant_slug: str, cluster_slug: str, working_
         state = "no account" if account is None else f"a {account.state} account"
         raise TerminalRefused(f"You have {state} on {cluster.name}; a tenant admin can give you access.")
     check_mapping(account)
+    account.cluster, account.user = cluster, user  # the same rows: no lazy queries later from async code
     cwd = clean_working_directory(working_directory)
     session = TerminalSession(
         user=user, cluster=cluster, account=account, posix_username=account.posix_username,
@@ -123,6 +127,9 @@ def revoke_terminal_sessions(*, actor, user=None, session: TerminalSession | Non
         raise ValueError("Give exactly one of user or session")
     group = user_group(user.pk) if user is not None else session_group(session.pk)
     async_to_sync(get_channel_layer().group_send)(group, {"type": "terminal.revoke", "message": message})
+    if user is not None:  # and no cached AWS credentials of theirs survive here (other processes: until expiry)
+        for tenant in Tenant.objects.filter(memberships__user=user):
+            aws.forget_credentials(user_subject(user, tenant))
     if session is not None:
         tenant, target = session.cluster.tenant, session
     else:

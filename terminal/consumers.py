@@ -18,6 +18,7 @@ from django.http.request import split_domain_port, validate_host
 from terminal import actions, protocol
 from terminal.backends.base import BackendError, ShellRequest
 from terminal.backends.local_pty import AccessRefused, LocalPtyBackend
+from terminal.backends.ssm import SsmBackend
 from terminal.live import LiveSession
 from terminal.models import TerminalSession
 
@@ -25,7 +26,7 @@ logger = logging.getLogger(__name__)
 Reason = TerminalSession.EndReason
 REFUSED = "refused"
 
-BACKENDS = {"local": LocalPtyBackend}
+BACKENDS = {"local": LocalPtyBackend, "ssm": SsmBackend}
 
 _CLOSE_CODES = {
     Reason.BACKEND_ERROR: protocol.CLOSE_BACKEND_ERROR,
@@ -147,8 +148,9 @@ class TerminalConsumer(AsyncWebsocketConsumer):
             await self.close(code=protocol.CLOSE_BACKEND_ERROR, reason=_close_reason(message))
             return
         id_token = None
-        if session.backend == "ssm":  # the IdP's token may stand in for the portal's (token_source "idp")
-            id_token = await database_sync_to_async(lambda: self.scope["session"].get("oidc_id_token"))()
+        web_session = self.scope.get("session")
+        if session.backend == "ssm" and web_session is not None:  # the IdP's token may stand in for the portal's
+            id_token = await database_sync_to_async(lambda: web_session.get("oidc_id_token"))()
         self.live_session = live = LiveSession(session, backend_class)
         request = ShellRequest(
             posix_username=session.posix_username, expected_uid=session.account.uid,
@@ -160,9 +162,11 @@ class TerminalConsumer(AsyncWebsocketConsumer):
         try:
             await live.start(request, self)
         except AccessRefused as exc:
+            logger.warning("terminal session %s refused: %s", session.pk, exc)
             await live.end(Reason.BACKEND_ERROR, str(exc), close_code=protocol.CLOSE_FORBIDDEN)
             return
         except BackendError as exc:
+            logger.warning("terminal session %s (%s) could not start: %s", session.pk, session.backend, exc)
             await live.end(Reason.BACKEND_ERROR, str(exc))
             return
         except Exception:

@@ -183,11 +183,11 @@ class LiveSession:
         else:
             self._read_while_detached += len(data)
 
-    def _on_exit(self, exit_code: int | None, error: str | None) -> None:
+    def _on_exit(self, exit_code: int | None, error: str | None, *, message: str | None = None) -> None:
         if error:
             self.end_soon(Reason.BACKEND_ERROR, error, exit_code=exit_code)
         else:
-            self.end_soon(Reason.CLOSED, f"The shell exited (code {exit_code}).", exit_code=exit_code)
+            self.end_soon(Reason.CLOSED, message or f"The shell exited (code {exit_code}).", exit_code=exit_code)
 
     # --- timers ---------------------------------------------------------------------------------
     async def _warn(self, **fields):

@@ -25,8 +25,9 @@ class SessionBackend:
     """Runs one interactive shell and moves bytes.
 
     The relay (the consumer) owns flow control: the backend calls `read_budget()` before every read
-    and never reads more; it calls `on_output(data)` with what it read and `on_exit(code, message)`
-    exactly once when the shell is gone. `pause_reading()`/`resume_reading()` stop and restart reads.
+    and never reads more; it calls `on_output(data)` with what it read and `on_exit(code, error)`
+    exactly once when the shell is gone (`error` set: it failed; else an optional `message=` says why
+    it ended, e.g. Session Manager's reason). `pause_reading()`/`resume_reading()` stop and restart reads.
     """
 
     name = "base"
