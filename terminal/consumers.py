@@ -194,14 +194,21 @@ class TerminalConsumer(AsyncWebsocketConsumer):
             return
         self.session, self.live_session = live.session, live
         scrollback = await live.attach(self, client_address=(self.scope.get("client") or [None])[0])
-        if live.ending:  # ended while we were attaching
+        if live.ending:  # it ended while we were attaching: end() tells us only if it saw us attached
+            await live.ended.wait()
+            if not self._closing:
+                await self._refuse(protocol.CLOSE_NOT_FOUND, "That terminal session has ended.")
             return
-        self._writer_task = asyncio.create_task(self._writer())
+        if self._closing:  # this socket went away meanwhile: the grace period starts now
+            live.detach(self)
+            return
         await self.send(bytes_data=protocol.encode_status(**self._connected_status(live, reattached=True)))
+        self._outbuf[:0] = scrollback  # before anything the shell printed since attach()
+        self._flush_now = True
+        self._writer_task = asyncio.create_task(self._writer())
+        self._wake.set()
         live.resize(cols, rows)
-        if scrollback:
-            self.deliver(scrollback)
-            self._wake.set()
+        live.resume_reading()
 
     async def _refuse(self, code: int, message: str):
         self._closing = True

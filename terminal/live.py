@@ -118,16 +118,22 @@ class LiveSession:
 
     # --- attach / detach ------------------------------------------------------------------------
     async def attach(self, consumer: Attachment, *, client_address: str | None) -> bytes:
-        """Hand the session to a new browser connection; returns the scrollback to replay."""
-        previous, self.attached = self.attached, consumer
+        """Hand the session to a new browser connection; returns the scrollback to replay.
+
+        Output that arrives from here on goes to `consumer.deliver()`, and none of it is in the
+        returned scrollback. Reading stays as it was: the consumer calls resume_reading() once it has
+        sent the scrollback.
+        """
+        previous, self.attached = self.attached, None
         if self._grace_task is not None:
             self._grace_task.cancel()
             self._grace_task = None
         if previous is not None and previous is not consumer:
             await previous.taken_over()
         await database_sync_to_async(actions.record_reattach)(self.session, client_address=client_address)
-        self.backend.resume_reading()
+        # No await from here on: the snapshot and the switch to `consumer` happen at the same point.
         scrollback = bytes(self._scrollback)
+        self.attached = consumer
         return trim_scrollback(scrollback) if self._scrollback_trimmed else scrollback
 
     def detach(self, consumer: Attachment) -> None:

@@ -170,3 +170,18 @@ async def test_idle_timeout_keeps_counting_while_detached(cast):
     await asyncio.sleep(1.5)
     row = await session_row(connected["session_id"])
     assert row.end_reason == "idle"
+
+
+async def test_output_while_detached_is_replayed_once_and_in_order(cast):
+    client, connected = await open_client(cast.bob)
+    await client.send_input(b"PS1='$ '; (sleep 0.5; echo late-one; sleep 1.2; echo late-two) &\n")
+    await client.drain(0.2)
+    await client.close()
+    await asyncio.sleep(1.0)  # late-one is printed while nobody is attached
+    again, status = await open_client(cast.bob, attach=connected["session_id"])
+    await again.wait_for_output(b"late-two\r\n", timeout=5)  # printed after the reattach
+    await again.drain(0.3)
+    output = bytes(again.output)
+    assert output.count(b"late-one\r\n") == 1 and output.count(b"late-two\r\n") == 1  # (the echoed command has "late-one;")
+    assert output.index(b"late-one\r\n") < output.index(b"late-two\r\n")
+    assert again.statuses[0]["type"] == "connected"  # nothing before the status the client resets on
