@@ -173,8 +173,9 @@ class TerminalConsumer(AsyncWebsocketConsumer):
             logger.exception("terminal session %s: backend failed to start", session.pk)
             await live.end(Reason.BACKEND_ERROR, "The shell could not be started; the error is in the server log.")
             return
-        self._writer_task = asyncio.create_task(self._writer())
         await self.send(bytes_data=protocol.encode_status(**self._connected_status(live)))
+        self._writer_task = asyncio.create_task(self._writer())  # output only after the connected status
+        self._wake.set()
         notice = getattr(live.backend, "customer_message", "")
         if notice:
             await self.send_status(type="notice", message=notice)
