@@ -18,6 +18,12 @@ Targets:
 - clusterra:  daphne + clusterra.asgi in a subprocess, with a fresh data directory, a `bench` tenant,
               a `local` cluster and a user mapped to the POSIX user `clusterra-bench` (created when root;
               otherwise the current user).
+- clusterra-ssm: the same daphne, on a second cluster `ssm` with the SSM backend. Its AWS endpoints
+              (STS and SSM) are the control-plane stand-in tests/aws_control_plane.py, which starts the
+              sessions on the Session Manager emulator tests/ssm_emulator.py (MGS + agent, data channel
+              with the agent's handshake, a real PTY); both run in one helper subprocess, so that their
+              CPU is neither the client's nor daphne's. Path per keystroke: client → daphne → data
+              channel (binary frames, SHA-256 digests, acks) → emulator → PTY, and back.
 
 Every target starts the same command line (`[setsid -c] [runuser -u USER --] env -i … /bin/sh -c
 'cd HOME; exec $SHELL -l'`, as the local PTY backend does). The client side is one asyncio process.
@@ -61,7 +67,7 @@ from websockets.asyncio.client import connect as ws_connect
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
-from terminal.protocol import OUTPUT, STATUS, encode_ack, encode_input  # noqa: E402
+from terminal.protocol import OUTPUT, STATUS, encode_ack, encode_input, encode_terminate  # noqa: E402
 
 ACK_THRESHOLD = 64 * 1024
 ACK_DELAY = 0.1
@@ -82,8 +88,13 @@ OPEN_CONCURRENCY = 10
 SHELL_READY_TIMEOUT = 30.0
 ECHO_DRAIN_TIMEOUT = 5.0
 CTRLC_TIMEOUT = 30.0
-TARGET_NAMES = {"raw": "raw PTY", "terminado": "terminado", "clusterra": "Clusterra"}
-ALL_TARGETS = ("raw", "terminado", "clusterra")
+TARGET_NAMES = {"raw": "raw PTY", "terminado": "terminado", "clusterra": "Clusterra", "clusterra-ssm": "Clusterra SSM"}
+ALL_TARGETS = ("raw", "terminado", "clusterra", "clusterra-ssm")
+CLUSTERRA_TARGETS = ("clusterra", "clusterra-ssm")
+SSM_CLUSTER = "ssm"
+SSM_REGION = "us-east-1"
+SSM_ROLE = "arn:aws:iam::123456789012:role/clusterra-bench"
+SSM_DOCUMENT = "Clusterra-Shell-bench"
 
 
 class BenchError(Exception):
@@ -368,11 +379,9 @@ class _WsSession(Session):
 class ClusterraSession(_WsSession):
     """Clusterra's binary protocol, acking as the browser does (at 64 KiB, else within 100 ms)."""
 
-    target = "clusterra"
-
-    def __init__(self, port: int, cookie: str):
+    def __init__(self, port: int, cookie: str, cluster: str = CLUSTER, target: str = "clusterra"):
         super().__init__()
-        self.port, self.cookie = port, cookie
+        self.port, self.cookie, self.cluster, self.target = port, cookie, cluster, target
         self.connected = asyncio.Event()
         self.statuses: list[dict] = []
         self.unacked = 0
@@ -380,7 +389,7 @@ class ClusterraSession(_WsSession):
 
     async def open(self) -> None:
         await self._connect(
-            f"ws://127.0.0.1:{self.port}/ws/t/{TENANT}/c/{CLUSTER}/terminal/?cols={COLS}&rows={ROWS}",
+            f"ws://127.0.0.1:{self.port}/ws/t/{TENANT}/c/{self.cluster}/terminal/?cols={COLS}&rows={ROWS}",
             origin=f"http://127.0.0.1:{self.port}", headers={"Cookie": f"sessionid={self.cookie}"},
         )
         waiter = asyncio.create_task(self.connected.wait())
@@ -389,11 +398,11 @@ class ClusterraSession(_WsSession):
         for task in pending:
             task.cancel()
         if not self.connected.is_set():
-            raise BenchError(f"clusterra: no 'connected' status ({self.close_reason or 'timeout'}; statuses {self.statuses})")
+            raise BenchError(f"{self.target}: no 'connected' status ({self.close_reason or 'timeout'}; statuses {self.statuses})")
 
     async def _on_message(self, message, t: int):
         if isinstance(message, str):
-            raise BenchError("clusterra sent a text frame")
+            raise BenchError(f"{self.target} sent a text frame")
         if message[0] == OUTPUT:
             self._deliver(message[1:], t)
             # The browser's policy (docs/terminal-protocol.md): ack at 64 KiB, else within 100 ms.
@@ -408,7 +417,7 @@ class ClusterraSession(_WsSession):
             if status.get("type") == "connected":
                 self.connected.set()
         else:
-            raise BenchError(f"clusterra sent unknown opcode {message[0]:#x}")
+            raise BenchError(f"{self.target} sent unknown opcode {message[0]:#x}")
 
     async def _send_ack(self) -> None:
         if self._ack_timer is not None:
@@ -421,6 +430,14 @@ class ClusterraSession(_WsSession):
 
     async def send(self, data: bytes) -> None:
         await self.ws.send(encode_input(data))
+
+    async def close(self) -> None:
+        # Closing the socket only detaches: the session would wait for a reattach (TERMINAL_REATTACH_GRACE).
+        # End it as the page's close button does.
+        if self.ws is not None and not self.closed.is_set():
+            with contextlib.suppress(Exception):
+                await self.ws.send(encode_terminate())
+        await super().close()
 
 
 class TerminadoSession(_WsSession):
@@ -465,6 +482,11 @@ accounts.set_membership(tenant=tenant, user=user, role=Membership.Role.MEMBER)
 cluster = clusters.ensure_cluster(tenant=tenant, slug=args["cluster"], name="Local (benchmark)",
                                   idle_timeout=args["timeout"], max_session_duration=args["timeout"])
 clusters.map_account(cluster=cluster, user=user, posix_username=args["posix_user"], uid=args["uid"])
+if args.get("ssm"):  # a second cluster on the SSM backend, against the control-plane stand-in
+    ssm = clusters.ensure_cluster(tenant=tenant, slug=args["ssm"]["slug"], name="SSM (benchmark)", backend="ssm",
+                                  backend_settings=args["ssm"]["settings"], idle_timeout=args["timeout"],
+                                  max_session_duration=args["timeout"])
+    clusters.map_account(cluster=ssm, user=user, posix_username=args["posix_user"], uid=args["uid"])
 session = SessionStore()
 session[SESSION_KEY] = str(user.pk)
 session[BACKEND_SESSION_KEY] = "django.contrib.auth.backends.ModelBackend"
@@ -518,6 +540,54 @@ asyncio.run(main(int(sys.argv[1]), json.loads(sys.argv[2])))
 """
 
 
+SSM_PLANE = r"""
+import json, signal, sys, threading
+from pathlib import Path
+from tests.aws_control_plane import AwsControlPlane, Role, default_shell
+from tests.ssm_emulator import run_in_thread
+
+args = json.loads(sys.argv[1])
+state = Path(args["state_dir"])
+stop = threading.Event()
+for sig in (signal.SIGTERM, signal.SIGINT):
+    signal.signal(sig, lambda *_: stop.set())
+
+
+def shell_for(run_as):  # the benchmark's shell command line for its user, as the other targets run it
+    return args["argv"] if run_as == args["posix_user"] else default_shell(run_as)
+
+
+async def shell_sessions(emu):
+    return [s.proc.pid for s in emu.sessions.values() if s.proc is not None]
+
+
+def write(name, data):
+    tmp = state / (name + ".tmp")
+    tmp.write_text(json.dumps(data))
+    tmp.replace(state / name)
+
+
+with run_in_thread(handshake=True) as emu:
+    plane = AwsControlPlane(emu, issuer=args["issuer"], region=args["region"], documents=(args["document"],),
+                            roles={args["role"]: Role(max_session_duration=43200)}, shell_for=shell_for)
+    with plane:
+        write("ssm-ready.json", {"url": plane.url, "target": emu.emulator.target})
+        while not stop.wait(0.5):  # the shells' kernel sessions, so the benchmark can clean up after a crash
+            write("ssm-shells.json", emu.call(shell_sessions(emu.emulator)))
+        write("ssm-shells.json", emu.call(shell_sessions(emu.emulator)))
+    calls = {}
+    for call in plane.calls:
+        key = f"{call['operation']} {call['outcome']}"
+        calls[key] = calls.get(key, 0) + 1
+    counters = emu.emulator.counters
+    summary = {"violations": emu.emulator.violations[:20], "violation_count": len(emu.emulator.violations),
+               "calls": calls, "sessions": len(emu.emulator.sessions), "jwks_fetches": plane.jwks_fetches,
+               "output_messages": counters.output_messages, "output_resends": counters.output_resends,
+               "input_resends": counters.input_resends, "handshakes": counters.handshakes_completed}
+write("ssm-summary.json", summary)
+"""
+
+
 class Servers:
     """Subprocesses we start (each in its own process group), and everything else to clean up."""
 
@@ -529,6 +599,11 @@ class Servers:
         self.python = str(REPO / ".venv" / "bin" / "python") if (REPO / ".venv" / "bin" / "python").exists() else sys.executable
         self.daphne_pid: int | None = None
         self.terminado_pid: int | None = None
+        self.daphne_port = free_port()  # known before daphne starts: it is the token issuer the SSM stand-in trusts
+        self.ssm_pid: int | None = None
+        self.ssm_url = ""
+        self.ssm_target = ""
+        self.ssm_final: dict | None = None
 
     def env(self) -> dict:
         env = {k: v for k, v in os.environ.items() if not k.startswith("CLUSTERRA_") or k.startswith("CLUSTERRA_TERMINAL_")}
@@ -577,13 +652,22 @@ class Servers:
     def setup_clusterra(self, posix_user: str, uid: int) -> str:
         self.run_step("manage.py migrate", [self.python, "manage.py", "migrate", "--noinput", "-v", "0"])
         payload = {"tenant": TENANT, "cluster": CLUSTER, "posix_user": posix_user, "uid": uid, "timeout": 7 * 86400}
+        if self.ssm_url:
+            payload["ssm"] = {"slug": SSM_CLUSTER, "settings": {
+                "region": SSM_REGION, "instance_id": self.ssm_target, "role_arn": SSM_ROLE, "document_name": SSM_DOCUMENT,
+                "endpoint_url": self.ssm_url, "sts_endpoint_url": self.ssm_url, "session_duration": 43200}}
         out = self.run_step("Django set-up", [self.python, "-c", DJANGO_SETUP, json.dumps(payload)], timeout=120)
         return json.loads(out.strip().splitlines()[-1])["session_key"]
 
+    def issuer_url(self) -> str:
+        return f"http://127.0.0.1:{self.daphne_port}"
+
     def start_daphne(self) -> int:
-        port = free_port()
+        port = self.daphne_port
+        # The portal signs its AWS tokens as this issuer; the SSM stand-in fetches the JWKS from it.
+        env = {**self.env(), "CLUSTERRA_ISSUER_URL": self.issuer_url()}
         proc = self.start("daphne", [str(Path(self.python).parent / "daphne"), "-b", "127.0.0.1", "-p", str(port),
-                                     "clusterra.asgi:application"])
+                                     "clusterra.asgi:application"], env=env)
         self.wait_port("daphne", proc, port)
         self.daphne_pid = proc.pid
         return port
@@ -594,6 +678,33 @@ class Servers:
         self.wait_port("terminado", proc, port)
         self.terminado_pid = proc.pid
         return port
+
+    def start_ssm_plane(self, posix_user: str, argv: list[str]) -> None:
+        """The STS/SSM stand-in and the Session Manager emulator, in one subprocess (tests/aws_control_plane.py)."""
+        payload = {"issuer": self.issuer_url(), "region": SSM_REGION, "role": SSM_ROLE, "document": SSM_DOCUMENT,
+                   "posix_user": posix_user, "argv": argv, "state_dir": str(self.tmp)}
+        proc = self.start("ssm-plane", [self.python, "-c", SSM_PLANE, json.dumps(payload)])
+        ready = self.tmp / "ssm-ready.json"
+        deadline = time.monotonic() + 30
+        while not ready.exists():
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise BenchError(f"the SSM stand-in did not start:\n{self.log_tail('ssm-plane')}")
+            time.sleep(0.05)
+        info = json.loads(ready.read_text())
+        self.ssm_url, self.ssm_target, self.ssm_pid = info["url"], info["target"], proc.pid
+
+    def ssm_summary(self) -> dict | None:
+        """What the stand-in saw (written when it stops): emulator violations, calls, counters."""
+        try:
+            return json.loads((self.tmp / "ssm-summary.json").read_text())
+        except (OSError, ValueError):
+            return None
+
+    def ssm_shell_sids(self) -> set[int]:
+        try:
+            return set(json.loads((self.tmp / "ssm-shells.json").read_text()))
+        except (OSError, ValueError):
+            return set()
 
     def clusterra_sids(self) -> set[int]:
         """Kernel sessions of the shells daphne started (their leader PIDs are in the database)."""
@@ -621,7 +732,8 @@ class Servers:
                     proc.wait(5)
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(proc.pid, signal.SIGKILL)  # anything left in its process group
-        sids = self.started_sids | self.clusterra_sids()
+        self.ssm_final = self.ssm_summary()
+        sids = self.started_sids | self.clusterra_sids() | self.ssm_shell_sids()
         deadline = time.monotonic() + 3
         while sids and live_pids(sids=sids) and time.monotonic() < deadline:
             time.sleep(0.1)
@@ -651,13 +763,20 @@ class Bench:
         self.nodelay: dict[str, bool | None] = {}
 
     def relay_pid(self, target: str) -> int | None:
-        return {"clusterra": self.servers.daphne_pid, "terminado": self.servers.terminado_pid}.get(target)
+        return {"clusterra": self.servers.daphne_pid, "clusterra-ssm": self.servers.daphne_pid,
+                "terminado": self.servers.terminado_pid}.get(target)
+
+    def agent_pid(self, target: str) -> int | None:
+        """The process on the far side of the relay, when it is ours: the SSM emulator (MGS + agent)."""
+        return self.servers.ssm_pid if target == "clusterra-ssm" else None
 
     def new_session(self, target: str) -> Session:
         if target == "raw":
             return RawSession(self.argv, self.servers.started_sids)
         if target == "terminado":
             return TerminadoSession(self.terminado_port)
+        if target == "clusterra-ssm":
+            return ClusterraSession(self.daphne_port, self.cookie, SSM_CLUSTER, target)
         return ClusterraSession(self.daphne_port, self.cookie)
 
     async def open_sessions(self, target: str, n: int) -> list[Session]:
@@ -714,20 +833,20 @@ class Bench:
             for s, p in zip(sessions, probes):
                 s.handler = p.feed
             lags: list[int] = []
-            relay = self.relay_pid(target)
-            cpu0, client0, wall0 = None, None, None
+            relay, agent = self.relay_pid(target), self.agent_pid(target)
+            cpu0, client0, wall0, agent0 = None, None, None, None
 
             async def mark_start():
-                nonlocal cpu0, client0, wall0
+                nonlocal cpu0, client0, wall0, agent0
                 await asyncio.sleep(max(0, (measure_from - now_ns()) / 1e9))
-                cpu0, client0, wall0 = cpu_seconds(relay), time.process_time(), time.monotonic()
+                cpu0, client0, wall0, agent0 = cpu_seconds(relay), time.process_time(), time.monotonic(), cpu_seconds(agent)
 
             marker = asyncio.create_task(mark_start())
             await asyncio.gather(*(
                 typist(s, p, start + i * interval // n, interval, count, measure_from, lags)
                 for i, (s, p) in enumerate(zip(sessions, probes))
             ))
-            cpu1, client1, wall1 = cpu_seconds(relay), time.process_time(), time.monotonic()
+            cpu1, client1, wall1, agent1 = cpu_seconds(relay), time.process_time(), time.monotonic(), cpu_seconds(agent)
             await marker
             deadline = time.monotonic() + ECHO_DRAIN_TIMEOUT
             while any(p.pending for p in probes) and time.monotonic() < deadline:
@@ -754,6 +873,7 @@ class Bench:
             "send_lag_p50_ms": percentile(lags, 50) / 1e6 if lags else 0.0, "send_lag_p99_ms": percentile(lags, 99) / 1e6 if lags else 0.0, "send_lag_max_ms": lags[-1] / 1e6 if lags else 0.0,
             "relay_cpu_pct": None if cpu0 is None or cpu1 is None else 100 * (cpu1 - cpu0) / wall,
             "client_cpu_pct": 100 * (client1 - client0) / wall, "relay_rss_mb": rss,
+            "agent_cpu_pct": None if agent0 is None or agent1 is None else 100 * (agent1 - agent0) / wall,
         }
 
     # --- bulk ---
@@ -776,11 +896,11 @@ class Bench:
 
     async def bulk(self, target: str) -> dict:
         (session,) = await self.open_sessions(target, 1)
-        relay = self.relay_pid(target)
+        relay, agent = self.relay_pid(target), self.agent_pid(target)
         try:
             probe = BulkProbe()
             session.handler = probe.feed
-            cpu0, client0 = cpu_seconds(relay), time.process_time()
+            cpu0, client0, agent0 = cpu_seconds(relay), time.process_time(), cpu_seconds(agent)
             await session.send(f"{self.bulk_producer()}; echo __E''ND__\n".encode())
             try:
                 await asyncio.wait_for(probe.done.wait(), self.args.bulk_timeout)
@@ -788,7 +908,7 @@ class Bench:
                 got = probe.bytes / 1e6
                 raise BenchError(f"{target}: bulk output not finished within {self.args.bulk_timeout:.0f} s "
                                  f"({got:.1f} MB received; {session.close_reason or 'session open'})") from None
-            cpu1, client1 = cpu_seconds(relay), time.process_time()
+            cpu1, client1, agent1 = cpu_seconds(relay), time.process_time(), cpu_seconds(agent)
             await probe.prompt.wait(SHELL_READY_TIMEOUT, "the prompt after the bulk output", session)
         finally:
             await self.close_sessions([session])
@@ -800,6 +920,7 @@ class Bench:
             "bytes": probe.bytes, "seconds": seconds, "mb_per_s": probe.bytes / seconds / 1e6,
             "relay_cpu_pct": None if cpu0 is None or cpu1 is None else 100 * (cpu1 - cpu0) / seconds,
             "client_cpu_pct": 100 * (client1 - client0) / seconds,
+            "agent_cpu_pct": None if agent0 is None or agent1 is None else 100 * (agent1 - agent0) / seconds,
         }
 
     # --- ctrl-c ---
@@ -919,8 +1040,11 @@ async def typist(session: Session, probe: EchoProbe, start: int, interval: int, 
 # --- report --------------------------------------------------------------------------------------
 def report(bench: Bench, args) -> list[str]:
     res, targets = bench.results, args.targets
-    both = "clusterra" in targets and "terminado" in targets
-    head = ["scenario", *(TARGET_NAMES[t] for t in targets)] + (["Clusterra/terminado"] if both else [])
+    pairs = [(label, a, b) for label, a, b in (("Clusterra/terminado", "clusterra", "terminado"),
+                                              ("SSM/local", "clusterra-ssm", "clusterra"))
+             if a in targets and b in targets]
+    ssm = "clusterra-ssm" in targets
+    head = ["scenario", *(TARGET_NAMES[t] for t in targets), *(label for label, _, _ in pairs)]
     rows: list[list[str]] = []
 
     def get(kind, target, n=None):
@@ -932,8 +1056,8 @@ def report(bench: Bench, args) -> list[str]:
             r = get(kind, t, n)
             value = show(r) if r is not None else None
             cells.append(("FAIL" if (kind, n, t) in bench.failed else "–") if value is None else value)
-        if both:
-            c, d = get(kind, "clusterra", n), get(kind, "terminado", n)
+        for _, a, b in pairs:
+            c, d = get(kind, a, n), get(kind, b, n)
             cells.append(compare(c, d) if compare and c and d and compare(c, d) else "")
         rows.append([label, *cells])
 
@@ -958,12 +1082,16 @@ def report(bench: Bench, args) -> list[str]:
         n = max(args.sessions)
         row(f"  relay CPU % of a core, {n} sessions", "echo", num("relay_cpu_pct", ".0f"), n)
         row(f"  relay RSS MB, {n} sessions", "echo", num("relay_rss_mb", ".0f"), n)
+        if ssm:
+            row(f"  SSM emulator (MGS + agent) CPU % of a core, {n} sessions", "echo", num("agent_cpu_pct", ".0f"), n)
         row(f"  client: CPU % / send lag p50, p99 ms, {n} sessions", "echo",
             lambda r: f"{r['client_cpu_pct']:.0f} / {r['send_lag_p50_ms']:.2f}, {r['send_lag_p99_ms']:.2f}", n)
     runs = f", median of {args.runs}" if args.runs > 1 else ""
     row(f"bulk output MB/s, one session ({args.bulk_mib} MiB → {'base64' if args.bulk_producer == 'base64' else 'cat of a file'}{runs})", "bulk", spread("mb_per_s", ".1f"),
         compare=ratio("mb_per_s"))
     row("  relay CPU % of a core", "bulk", num("relay_cpu_pct", ".0f"))
+    if ssm:
+        row("  SSM emulator (MGS + agent) CPU % of a core", "bulk", num("agent_cpu_pct", ".0f"))
     row("  client CPU % of a core", "bulk", num("client_cpu_pct", ".0f"))
     row(f"Ctrl-C → prompt ms, after {args.ctrlc_after:g} s of `yes`, fast client{runs}", "ctrlc", spread("ms", ".1f"),
         compare=ratio("ms"))
@@ -1028,7 +1156,7 @@ def parse_args(argv=None):
     p.add_argument("--bulk-timeout", type=float, default=180, help="seconds the bulk output may take (default 180)")
     p.add_argument("--runs", type=int, default=3, help="runs of the bulk and Ctrl-C scenarios; the median is reported (default 3)")
     p.add_argument("--ctrlc-after", type=float, default=2, help="seconds `yes` runs before ^C (default 2)")
-    p.add_argument("--targets", default=",".join(ALL_TARGETS), help="any of raw,terminado,clusterra (default all)")
+    p.add_argument("--targets", default=",".join(ALL_TARGETS), help="any of raw,terminado,clusterra,clusterra-ssm (default all)")
     p.add_argument("--scenario-timeout", type=float, default=300, help="upper bound for any one scenario (default 300 s)")
     p.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     p.add_argument("--keep-data", action="store_true", help="keep the temporary data directory (logs, database, recordings)")
@@ -1069,6 +1197,22 @@ def clusterra_settings(bench: Bench) -> str:
     return f"Clusterra: {window}{'environment: ' + overrides if overrides else 'default terminal settings'}"
 
 
+def ssm_report(bench: Bench, summary: dict | None, env_info: dict) -> None:
+    """What the SSM stand-in and emulator saw: protocol violations fail the run; the rest is a note."""
+    if summary is None:
+        bench.errors.append("clusterra-ssm: the SSM stand-in wrote no summary (it did not stop cleanly?):\n"
+                            + env_info.get("ssm_plane_log_tail", ""))
+        return
+    env_info["ssm"] = summary
+    if summary["violation_count"]:
+        bench.errors.append(f"clusterra-ssm: the emulator recorded {summary['violation_count']} data-channel protocol "
+                            f"violation(s), e.g. {summary['violations'][:3]}")
+    calls = ", ".join(f"{k} ×{v}" for k, v in sorted(summary["calls"].items()))
+    bench.notes.append(f"SSM stand-in: {calls}; emulator: {summary['sessions']} sessions, "
+                       f"{summary['violation_count']} protocol violations, {summary['output_messages']:,} output messages, "
+                       f"{summary['output_resends']:,} resent, {summary['input_resends']:,} input resends")
+
+
 def _interrupt(signum, frame):
     os.kill(os.getpid(), signal.SIGINT)  # SIGTERM ends the run like Ctrl-C: scenarios clean up, servers stop
 
@@ -1091,15 +1235,19 @@ def main(argv=None) -> int:
     servers = Servers(args)
     bench = None
     interrupted = False
+    uses_daphne = any(t in args.targets for t in CLUSTERRA_TARGETS)
     warnings: list[str] = []
     try:
         print(f"data directory {servers.tmp}; shell user {entry.pw_name} (uid {entry.pw_uid})", file=sys.stderr)
         argv_shell = shell_argv(entry)
         bench = Bench(args, servers, entry.pw_name, entry.pw_uid, argv_shell)
-        if "clusterra" in args.targets:
+        if uses_daphne:
             print("  … set-up: migrate, tenant, cluster, user, session; daphne", file=sys.stderr, flush=True)
             if os.geteuid() != 0 and entry.pw_uid < 1000:
                 os.environ["CLUSTERRA_TERMINAL_MIN_UID"] = str(max(1, entry.pw_uid))
+            if "clusterra-ssm" in args.targets:
+                print("  … set-up: SSM control-plane stand-in + Session Manager emulator", file=sys.stderr, flush=True)
+                servers.start_ssm_plane(entry.pw_name, argv_shell)
             bench.cookie = servers.setup_clusterra(entry.pw_name, entry.pw_uid)
             bench.daphne_port = servers.start_daphne()
         if "terminado" in args.targets:
@@ -1113,9 +1261,13 @@ def main(argv=None) -> int:
             raise
         bench.errors.append(str(exc))
     finally:
-        if bench is not None and "clusterra" in args.targets:
+        if bench is not None and uses_daphne:
             env_info["daphne_log_tail"] = servers.log_tail("daphne", 20)
+        if bench is not None and "clusterra-ssm" in args.targets:
+            env_info["ssm_plane_log_tail"] = servers.log_tail("ssm-plane", 20)
         warnings = servers.stop()
+    if bench is not None and "clusterra-ssm" in args.targets:
+        ssm_report(bench, servers.ssm_final, env_info)
     if interrupted or bench is None:
         return 130
 
@@ -1127,6 +1279,9 @@ def main(argv=None) -> int:
         f"Shell: {entry.pw_name} (uid {entry.pw_uid}), {entry.pw_shell} -l on a {COLS}x{ROWS} PTY; client TCP_NODELAY "
         + ", ".join(f"{TARGET_NAMES[t]} {v}" for t, v in bench.nodelay.items()),
         clusterra_settings(bench),
+        *([f"Clusterra SSM: the same daphne, cluster backend 'ssm'; STS + SSM = tests/aws_control_plane.py, data channel "
+           "to tests/ssm_emulator.py (handshake on, one ack per message), both in one helper process"]
+          if "clusterra-ssm" in args.targets else []),
         f"Echo: {args.rate:g} keys/s per session on a fixed schedule, {args.warmup:g} s warm-up + {args.duration:g} s measured, "
         "latency from the intended send time; one asyncio client process",
         "",

@@ -112,3 +112,22 @@ def terminal_path(tenant="acme", cluster="hpc", **query) -> str:
 
     query = {"cols": 80, "rows": 24, **query}
     return f"/ws/t/{tenant}/c/{cluster}/terminal/?{urlencode(query)}"
+
+
+async def settle_sessions(timeout: float = 5.0) -> None:
+    """Before the test database is flushed: end live sessions and let finishing writes land.
+
+    A test may return while a consumer is still finishing its session (the row and audit writes run
+    in a worker thread, and pytest-asyncio cancels leftover tasks), which would race the flush.
+    """
+    from channels.db import database_sync_to_async
+
+    from terminal.live import LiveSession
+    from terminal.models import TerminalSession
+
+    await LiveSession.end_all()
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    open_rows = database_sync_to_async(lambda: TerminalSession.objects.filter(ended_at__isnull=True).exists())
+    while await open_rows() and loop.time() < deadline:
+        await asyncio.sleep(0.05)

@@ -25,7 +25,7 @@ from terminal.backends import ssm as ssm_backend
 from terminal.live import LiveSession
 from terminal.models import TerminalSession
 from tests.ssm_emulator import DEFAULT_TARGET, SsmEmulator
-from tests.terminal_client import TerminalClient, terminal_path
+from tests.terminal_client import TerminalClient, settle_sessions, terminal_path
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
 
@@ -86,6 +86,13 @@ class FakeAws:
             stubber.assert_no_pending_responses()
 
 
+@pytest.fixture(autouse=True)
+async def _end_live_sessions(transactional_db):
+    """Finishing a session writes to the database: end what is live before the database is flushed."""
+    yield
+    await settle_sessions()
+
+
 @pytest.fixture
 def ssm_cluster(cast, settings):
     settings.TERMINAL_REATTACH_GRACE = 0
@@ -120,6 +127,16 @@ async def open_client(user, **query):
 
 async def last_session(user) -> TerminalSession:
     return await sync_to_async(lambda: TerminalSession.objects.filter(user=user).latest("started_at"))()
+
+
+async def finished_session(user, timeout: float = 5.0) -> TerminalSession:
+    """The user's last session once its row is finished (the exit status goes out just before that)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while (row := await last_session(user)).ended_at is None:
+        assert loop.time() < deadline, "the session row was not finished"
+        await asyncio.sleep(0.02)
+    return row
 
 
 async def test_ssm_terminal_end_to_end(ssm_cluster, emulator, fake_aws, caplog):
@@ -214,8 +231,8 @@ async def test_start_session_failures_name_the_cause(ssm_cluster, emulator, fake
     status = await client.wait_for_status("exit")
     assert status["reason"] == "backend_error"
     assert expected in status["message"].lower(), status["message"]
-    row = await last_session(ssm_cluster.bob)
-    assert row.end_reason == "backend_error" and row.ended_at is not None
+    row = await finished_session(ssm_cluster.bob)
+    assert row.end_reason == "backend_error"
 
 
 async def test_stream_that_never_opens_ends_with_a_message_and_terminates(ssm_cluster, emulator, fake_aws, monkeypatch):
@@ -225,6 +242,7 @@ async def test_stream_that_never_opens_ends_with_a_message_and_terminates(ssm_cl
     client = await open_client(ssm_cluster.bob)
     status = await client.wait_for_status("exit", timeout=10)
     assert status["reason"] == "backend_error" and "handshake" in status["message"].lower()
+    await finished_session(ssm_cluster.bob)
     fake_aws.assert_done()
 
 
@@ -249,6 +267,7 @@ async def test_bad_cluster_settings_end_the_attempt_with_the_key_named(ssm_clust
     client = await open_client(ssm_cluster.bob)
     status = await client.wait_for_status("exit")
     assert status["reason"] == "backend_error" and "instance_id" in status["message"]
+    assert (await finished_session(ssm_cluster.bob)).end_reason == "backend_error"
 
 
 async def test_resume_of_a_session_aws_no_longer_has_ends_it_with_the_cause(ssm_cluster, emulator, fake_aws):

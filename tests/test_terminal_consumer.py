@@ -16,9 +16,8 @@ from terminal import protocol
 from terminal.actions import revoke_terminal_sessions
 from terminal.backends.local_pty import session_pids
 from terminal.consumers import TerminalConsumer
-from terminal.live import LiveSession
 from terminal.models import TerminalSession
-from tests.terminal_client import TerminalClient, terminal_path
+from tests.terminal_client import TerminalClient, settle_sessions, terminal_path
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
 
@@ -30,7 +29,7 @@ async def _no_reattach(settings, transactional_db):
     Ends what is still live (finishing a session writes to the database) before the database is flushed."""
     settings.TERMINAL_REATTACH_GRACE = 0
     yield
-    await LiveSession.end_all()
+    await settle_sessions()
 
 
 async def open_session(user, **query) -> TerminalClient:

@@ -11,7 +11,7 @@ from terminal.actions import revoke_terminal_sessions
 from terminal.backends.local_pty import session_pids
 from terminal.live import LiveSession
 from terminal.models import TerminalSession
-from tests.terminal_client import TerminalClient, terminal_path
+from tests.terminal_client import TerminalClient, settle_sessions, terminal_path
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
 
@@ -21,7 +21,7 @@ async def _grace(settings, transactional_db):
     settings.TERMINAL_REATTACH_GRACE = 60
     settings.TERMINAL_SCROLLBACK_BYTES = 64 * 1024
     yield
-    await LiveSession.end_all()  # finishing writes to the database: before it is flushed
+    await settle_sessions()
 
 
 async def open_client(user, **query) -> tuple[TerminalClient, dict]:
