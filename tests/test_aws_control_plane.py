@@ -30,6 +30,7 @@ from accounts import issuer
 from clusters import aws
 from clusters.models import Cluster, ClusterAccount
 from terminal import protocol
+from terminal.backends.local_pty import session_pids
 from terminal.ssm.channel import DataChannel
 from tests.aws_control_plane import AwsControlPlane, Role
 from tests.conftest import BASE_DIR, LiveServer, _database_url, _free_port
@@ -267,7 +268,7 @@ def test_sessions_run_as_the_tagged_user_and_belong_to_their_owner(cast, plane, 
                 break
             await asyncio.sleep(0.05)
         shell_pid = await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(_shell_pid(emulator.emulator, sid), emulator.loop))
-        assert _session_pids(shell_pid), "no shell running"
+        assert session_pids(shell_pid), "no shell running"
         assert (await asyncio.to_thread(bob_ssm.terminate_session, SessionId=sid))["SessionId"] == sid
         await asyncio.wait_for(closed.wait(), 10)
         await channel.close()
@@ -275,7 +276,7 @@ def test_sessions_run_as_the_tagged_user_and_belong_to_their_owner(cast, plane, 
 
     output, shell_pid = asyncio.run(run_then_terminate())
     assert b"shell-12" in output
-    assert emulator.emulator.sessions[sid].ended and _session_pids(shell_pid) == []
+    assert emulator.emulator.sessions[sid].ended and session_pids(shell_pid) == []
     assert bob_ssm.terminate_session(SessionId=sid)["SessionId"] == sid
     assert error_of(lambda: bob_ssm.resume_session(SessionId=sid))[0] == "DoesNotExistException"
     ops = [(c["operation"], c["outcome"]) for c in plane.calls if c["service"] == "ssm"]
@@ -400,21 +401,6 @@ class WsTerminal:
         await self._pump_until(lambda: needle in self.output, timeout, repr(needle))
 
 
-def _session_pids(sid: int) -> list[int]:
-    found = []
-    for name in os.listdir("/proc"):
-        if name.isdigit():
-            try:
-                with open(f"/proc/{name}/stat", "rb") as f:
-                    stat = f.read()
-            except OSError:
-                continue
-            fields = stat[stat.rindex(b")") + 2:].split()
-            if int(fields[3]) == sid and fields[0] != b"Z":
-                found.append(int(name))
-    return found
-
-
 def test_live_daphne_runs_an_ssm_session_through_the_stand_in(cast, issuer_daphne, emulator):
     with make_plane(emulator, issuer_daphne) as plane:
         Cluster.objects.filter(pk=cast.hpc.pk).update(backend="ssm", backend_settings=ssm_settings(plane))
@@ -453,9 +439,9 @@ def test_live_daphne_runs_an_ssm_session_through_the_stand_in(cast, issuer_daphn
         assert plane.calls[2]["params"] == {"SessionId": sid}
         assert plane.jwks_fetches == 1  # from the daphne itself
         deadline = time.monotonic() + 5
-        while _session_pids(shell_pid) and time.monotonic() < deadline:
+        while session_pids(shell_pid) and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert _session_pids(shell_pid) == [], "the shell outlived TerminateSession"
+        assert session_pids(shell_pid) == [], "the shell outlived TerminateSession"
         log = issuer_daphne.log_path.read_text()
         secrets_handed_out = plane.secrets()
     assert secrets_handed_out and not any(s in log for s in secrets_handed_out)
