@@ -34,6 +34,10 @@ class ExecutorError(Exception):
     """The command could not be run at all (no such user, timeout, executor down); fit for the user."""
 
 
+class CommandTooLarge(ExecutorError):
+    """The command (with its input) is larger than the executor can carry; the caller's fault, not the cluster's."""
+
+
 class CommandTimeout(ExecutorError):
     pass
 
@@ -297,7 +301,7 @@ class SsmExecutor(Executor):
         size = len(json.dumps(parameters).encode())
         if size > SSM_PARAMETERS_MAX_BYTES:
             what = f"its input ({len(stdin) / 1024:.0f} KiB)" if stdin else "its arguments"
-            raise ExecutorError(
+            raise CommandTooLarge(
                 f"{argv[0]} cannot be sent through AWS SSM: with {what} the command is {size / 1024:.0f} KiB, and SSM "
                 f"SendCommand takes at most {SSM_PARAMETERS_MAX_BYTES // 1024} KiB. Use a script file on the cluster instead."
             )
@@ -487,4 +491,4 @@ def executor_for(cluster: Cluster) -> Executor:
         return LocalExecutor()
     if cluster.backend == Cluster.Backend.SSM:
         return SsmExecutor(cluster)
-    raise ExecutorError(f"The {cluster.get_backend_display()} executor is not available yet.")
+    raise ExecutorError(f"No executor for the {cluster.backend!r} backend.")

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from django.utils import timezone
 
 from audit.services import record_event
-from clusters.executors import ExecutorError, executor_for
+from clusters.executors import CommandTooLarge, ExecutorError, executor_for
 from clusters.models import ClusterAccount
 from jobs import slurm, validation
 from jobs.models import Job
@@ -73,6 +73,8 @@ def _run(account: ClusterAccount, argv: list[str], *, stdin: bytes | None = None
     try:
         return executor_for(account.cluster).run(account, argv, stdin=stdin, env={**slurm.SLURM_ENV, **(env or {})},
                                                  timeout=SUBMIT_TIMEOUT)
+    except CommandTooLarge as exc:
+        raise JobActionError(str(exc), status=413) from None
     except ExecutorError as exc:
         raise JobActionError(str(exc), status=502) from None
 

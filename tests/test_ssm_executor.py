@@ -707,3 +707,18 @@ def test_no_parameter_reference_reaches_send_command(ssm_cast, aws, clock):
     _executor(ssm_cast, clock).run(ssm_cast.bob_account, ["sbatch", "--parsable", "--job-name={{ssm:/prod/db-password}}"],
                                    env={"NOTE": "{{resolve:secretsmanager:x}}"})
     assert "{{" not in json.dumps(aws.sent[0]["Parameters"])
+
+
+def test_api_submit_of_an_inline_script_too_big_for_ssm_is_413(ssm_cast, monkeypatch):
+    """The API says why (413, with the size and the way out) and nothing reaches AWS."""
+    from django.test import Client
+
+    from accounts.services import create_api_token
+
+    _nothing_sent(monkeypatch)
+    _, token = create_api_token(user=ssm_cast.bob, tenant=ssm_cast.acme, name="test")
+    script = "#!/bin/sh\n" + "echo padding-padding-padding-padding\n" * 3000  # ~105 KiB: fine locally, too big for SSM
+    response = Client().post(f"/v1/clusters/{ssm_cast.hpc.pk}/jobs", {"script": script}, content_type="application/json",
+                             HTTP_AUTHORIZATION=f"Bearer {token}")
+    assert response.status_code == 413, response.content
+    assert "SendCommand takes at most" in response.json()["detail"]
