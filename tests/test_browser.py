@@ -3,6 +3,8 @@
 import os
 import shutil
 import signal
+import socket
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -155,3 +157,79 @@ def _wait_for_line(page, text: str, exact: bool = True):
         }""",
         arg=[text, exact], timeout=10000,
     )
+
+
+class CuttableProxy:
+    """A TCP proxy in front of daphne whose open connections the test can cut, like a network drop."""
+
+    def __init__(self, target_port: int):
+        self.target_port = target_port
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.sockets: list[socket.socket] = []
+        self.lock = threading.Lock()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(("127.0.0.1", self.target_port))
+            with self.lock:
+                self.sockets += [client, upstream]
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pipe(src: socket.socket, dst: socket.socket):
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass
+        for s in (src, dst):
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def cut(self):
+        with self.lock:
+            sockets, self.sockets = self.sockets, []
+        for s in sockets:
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            s.close()
+
+    def close(self):
+        self.listener.close()
+        self.cut()
+
+
+def test_a_dropped_connection_reattaches_by_itself(cast, bob_posix, live_daphne, browser_page):
+    proxy = CuttableProxy(int(live_daphne.rsplit(":", 1)[1]))
+    base = f"http://127.0.0.1:{proxy.port}"
+    page = browser_page
+    try:
+        page.goto(f"{base}/accounts/login/?next=/t/acme/c/hpc/terminal/")
+        page.fill("input[name=username]", "bob@acme.test")
+        page.fill("input[name=password]", PASSWORD)
+        page.click("button[type=submit]")
+        page.wait_for_function("window.clusterraTerminal && window.clusterraTerminal.state === 'connected'", timeout=15000)
+        page.locator(".xterm").click()
+        page.keyboard.type("export MARK=survived-$((50+5))\n")
+        time.sleep(0.5)
+        proxy.cut()  # the network drops: the page sees its socket close and reconnects with attach=<id>
+        page.wait_for_function("window.clusterraTerminal.state === 'reconnecting'", timeout=10000)
+        page.wait_for_function("window.clusterraTerminal.state === 'connected'", timeout=20000)
+        page.locator(".xterm").click()
+        page.keyboard.type("echo mark=$MARK\n")
+        _wait_for_line(page, "mark=survived-55")
+        assert _in_thread(lambda: TerminalSession.objects.filter(user=cast.bob).count()) == 1
+        assert "Connected" in page.locator(".terminal-status").inner_text()
+    finally:
+        proxy.close()
