@@ -1279,7 +1279,7 @@ def main(argv=None) -> int:
         f"Shell: {entry.pw_name} (uid {entry.pw_uid}), {entry.pw_shell} -l on a {COLS}x{ROWS} PTY; client TCP_NODELAY "
         + ", ".join(f"{TARGET_NAMES[t]} {v}" for t, v in bench.nodelay.items()),
         clusterra_settings(bench),
-        *([f"Clusterra SSM: the same daphne, cluster backend 'ssm'; STS + SSM = tests/aws_control_plane.py, data channel "
+        *(["Clusterra SSM: the same daphne, cluster backend 'ssm'; STS + SSM = tests/aws_control_plane.py, data channel "
            "to tests/ssm_emulator.py (handshake on, one ack per message), both in one helper process"]
           if "clusterra-ssm" in args.targets else []),
         f"Echo: {args.rate:g} keys/s per session on a fixed schedule, {args.warmup:g} s warm-up + {args.duration:g} s measured, "

@@ -167,7 +167,7 @@ async def test_ssm_terminal_end_to_end(ssm_cluster, emulator, fake_aws, caplog):
 async def test_handshake_and_customer_message_reach_the_user(ssm_cluster, emulator, fake_aws):
     emulator.handshake = True
     emulator.customer_message = "Welcome to the Acme head node"
-    sid = fake_aws.session(emulator)
+    fake_aws.session(emulator)
     client = await open_client(ssm_cluster.bob)
     await client.wait_for_status("connected")
     notice = await client.wait_for_status("notice")
@@ -177,7 +177,7 @@ async def test_handshake_and_customer_message_reach_the_user(ssm_cluster, emulat
 
 
 async def test_revocation_terminates_the_aws_session(ssm_cluster, emulator, fake_aws):
-    sid = fake_aws.session(emulator)
+    fake_aws.session(emulator)
     client = await open_client(ssm_cluster.bob)
     await client.wait_for_status("connected")
     loop = asyncio.get_running_loop()
@@ -238,7 +238,7 @@ async def test_start_session_failures_name_the_cause(ssm_cluster, emulator, fake
 async def test_stream_that_never_opens_ends_with_a_message_and_terminates(ssm_cluster, emulator, fake_aws, monkeypatch):
     emulator.open_mode = "silent"  # accepts the opening frame, then says nothing
     monkeypatch.setattr(ssm_backend.SsmBackend, "channel_options", {"handshake_timeout": 0.5})
-    sid = fake_aws.session(emulator)
+    fake_aws.session(emulator)
     client = await open_client(ssm_cluster.bob)
     status = await client.wait_for_status("exit", timeout=10)
     assert status["reason"] == "backend_error" and "handshake" in status["message"].lower()
@@ -248,7 +248,7 @@ async def test_stream_that_never_opens_ends_with_a_message_and_terminates(ssm_cl
 
 async def test_ssm_session_reattaches(ssm_cluster, emulator, fake_aws, settings):
     settings.TERMINAL_REATTACH_GRACE = 30
-    sid = fake_aws.session(emulator)
+    fake_aws.session(emulator)
     first = await open_client(ssm_cluster.bob)
     connected = await first.wait_for_status("connected")
     await first.send_input(b"echo before-$((2*3))\r")
@@ -293,7 +293,7 @@ async def test_kms_encrypted_session_works_end_to_end(ssm_cluster, emulator, fak
     emulator.handshake = True
     emulator.kms_key_id = key_id
     emulator.kms_decrypt = lambda blob, context: kms.decrypt(CiphertextBlob=blob, EncryptionContext=context)["Plaintext"]
-    sid = fake_aws.session(emulator)
+    fake_aws.session(emulator)
     client = await open_client(ssm_cluster.bob)
     await client.wait_for_status("connected")
     await client.send_input(b"echo sealed-$((3*3))\r")
