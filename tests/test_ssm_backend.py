@@ -42,14 +42,15 @@ class FakeAws:
 
     def __init__(self, monkeypatch):
         self.stubbers: list[Stubber] = []
-        self.plan: list = []  # callables taking the Stubber
+        self.plans: list[list] = [[]]  # per ssm client created, in order (the last one repeats)
         real = aws.account_client
 
         def account_client(account, service, **kwargs):
             client = real(account, service, **kwargs)  # STS through moto, with the portal's signed token
             if service == "ssm":
                 stubber = Stubber(client)
-                for step in self.plan:
+                plan = self.plans[min(len(self.stubbers), len(self.plans) - 1)]
+                for step in plan:
                     step(stubber)
                 stubber.activate()
                 self.stubbers.append(stubber)
@@ -62,6 +63,15 @@ class FakeAws:
             "start_session", {"SessionId": session_id, "TokenValue": token, "StreamUrl": url},
             {"Target": DEFAULT_TARGET, "DocumentName": SSM_SETTINGS["document_name"], "Reason": ANY},
         ))
+
+    @property
+    def plan(self) -> list:
+        """Steps (callables taking the Stubber) for the ssm client being planned."""
+        return self.plans[-1]
+
+    def next_client(self):
+        """What follows is for the next ssm client the backend creates (after fresh credentials)."""
+        self.plans.append([])
 
     def session(self, emulator) -> str:
         """An emulator session that StartSession returns and TerminateSession ends."""
@@ -300,3 +310,16 @@ async def test_kms_encrypted_session_works_end_to_end(ssm_cluster, emulator, fak
     await client.wait_for_output(b"sealed-9\r\n")
     live = next(iter(LiveSession.registry.values()))
     assert live.backend._channel.encrypted
+
+
+async def test_credentials_revoked_at_aws_are_replaced_once(ssm_cluster, emulator, fake_aws):
+    fake_aws.start_error("ExpiredTokenException", "The security token included in the request is expired")
+    fake_aws.next_client()
+    fake_aws.session(emulator)
+    client = await open_client(ssm_cluster.bob)
+    await client.wait_for_status("connected")
+    await client.send_input(b"echo fresh-credentials\r")
+    await client.wait_for_output(b"fresh-credentials\r\n")
+    await LiveSession.end_all()
+    assert len(fake_aws.stubbers) == 2  # the first client's credentials were forgotten, a new one was made
+    fake_aws.assert_done()

@@ -17,6 +17,7 @@ import shlex
 from botocore.exceptions import BotoCoreError, ClientError
 from channels.db import database_sync_to_async
 
+from accounts.issuer import user_subject
 from clusters import aws
 from terminal.backends.base import BackendError, SessionBackend, ShellRequest
 from terminal.ssm.channel import DataChannel, DataChannelError
@@ -36,6 +37,14 @@ async def _account_client(account, service: str, **kwargs):
             database_sync_to_async(aws.account_client, thread_sensitive=False)(account, service, **kwargs), AWS_CALL_TIMEOUT)
     except asyncio.TimeoutError:
         raise aws.AwsError(f"AWS STS did not hand out credentials within {AWS_CALL_TIMEOUT:g} s.") from None
+
+
+class AwsCallError(BackendError):
+    """An AWS call failed; the message names the cause (clusters.aws.describe_client_error)."""
+
+    def __init__(self, error: aws.AwsError):
+        super().__init__(str(error))
+        self.aws_error = error
 
 
 class SsmBackend(SessionBackend):
@@ -63,12 +72,29 @@ class SsmBackend(SessionBackend):
             return await asyncio.wait_for(asyncio.to_thread(fn, **params), AWS_CALL_TIMEOUT)
         except asyncio.TimeoutError:
             raise BackendError(f"AWS {action} did not answer within {AWS_CALL_TIMEOUT:g} s.") from None
-        except ClientError as exc:
-            raise BackendError(str(aws.describe_client_error(exc, action))) from None
-        except BotoCoreError as exc:
-            raise BackendError(str(aws.describe_client_error(exc, action))) from None
+        except (ClientError, BotoCoreError) as exc:
+            error = aws.describe_client_error(exc, action)
+            logger.warning("SSM %s for %s failed: %s (%s)", action, self._account, error.code, error.detail or error)
+            raise AwsCallError(error) from None
+        except aws.AwsError as exc:
+            raise AwsCallError(exc) from None
+
+    async def _start_session(self, request: ShellRequest) -> dict:
+        settings = self._settings
+        params = dict(Target=settings.instance_id, DocumentName=settings.document_name,
+                      Reason=f"Clusterra terminal {request.session_id} for {request.posix_username}"[:256])
+        try:
+            return await self._call("StartSession", self._ssm.start_session, **params)
+        except AwsCallError as exc:
+            if not exc.aws_error.credentials_invalid:
+                raise
+        # The cached credentials were revoked or expired early at AWS: fetch new ones, once.
+        aws.forget_credentials(user_subject(self._account.user, self._account.cluster.tenant))
+        try:
+            self._ssm = await _account_client(self._account, "ssm", id_token=request.id_token)
         except aws.AwsError as exc:
             raise BackendError(str(exc)) from None
+        return await self._call("StartSession", self._ssm.start_session, **params)
 
     async def start(self, request: ShellRequest) -> None:
         account = request.account
@@ -82,10 +108,7 @@ class SsmBackend(SessionBackend):
             self._ssm = await _account_client(account, "ssm", id_token=request.id_token)
         except aws.AwsError as exc:
             raise BackendError(str(exc)) from None
-        response = await self._call(
-            "StartSession", self._ssm.start_session, Target=settings.instance_id, DocumentName=settings.document_name,
-            Reason=f"Clusterra terminal {request.session_id} for {request.posix_username}"[:256],
-        )
+        response = await self._start_session(request)
         self.session_id = response["SessionId"]
         self.shell = f"ssm:{settings.document_name}"
         logger.info("SSM session %s started on %s for %s", self.session_id, settings.instance_id, request.posix_username)
