@@ -81,10 +81,6 @@ class TerminalConsumer(AsyncWebsocketConsumer):
         self._coalesce_delay = settings.TERMINAL_COALESCE_MS / 1000
         self._coalesce_bytes = settings.TERMINAL_COALESCE_BYTES
 
-    @property
-    def backend(self):
-        return self.live_session.backend if self.live_session is not None else None
-
     # --- ASGI entry: make sure every way out detaches or finishes the session ------------------
     async def __call__(self, scope, receive, send):
         try:
