@@ -5,8 +5,10 @@ are scoped to one tenant. Everything of another tenant is a 404. Errors are JSON
 """
 
 import base64
+import dataclasses
 from datetime import datetime
 
+import pydantic
 from django.db.models import Q
 from django.http import Http404
 from ninja import ModelSchema, NinjaAPI, Query, Schema, Status
@@ -121,23 +123,14 @@ class JobPage(Schema):
     next_cursor: str | None
 
 
-class SubmitIn(Schema):
-    script_path: str | None = None
-    script: str | None = None
-    working_directory: str | None = None
-    name: str | None = None
-    partition: str | None = None
-    time_limit: str | None = None
-    nodes: int | None = None
-    ntasks: int | None = None
-    cpus_per_task: int | None = None
-    memory: str | None = None
-    gpus: str | None = None
-    array: str | None = None
-    dependency: str | None = None
-    account: str | None = None
-    qos: str | None = None
-    environment: dict[str, str] | None = None
+def _schema_from_dataclass(name: str, source) -> type[Schema]:
+    """A request body with the fields of an action's request dataclass, every one optional."""
+    fields = {f.name: (f.type | None, None) for f in dataclasses.fields(source)}
+    return pydantic.create_model(name, __base__=Schema, **fields)
+
+
+# One declaration of what a submission may carry: jobs.actions.SubmitRequest.
+SubmitIn = _schema_from_dataclass("SubmitIn", actions.SubmitRequest)
 
 
 class JobFilters(Schema):
@@ -182,7 +175,8 @@ def list_partitions(request, cluster_id: int):
 def submit(request, cluster_id: int, payload: SubmitIn):
     cluster = get_cluster(request, cluster_id)
     account = active_account(request, cluster)
-    job = actions.submit_job(account, actions.SubmitRequest(**payload.dict()), actor=request.user,
+    fields = {k: v for k, v in payload.dict().items() if v is not None}
+    job = actions.submit_job(account, actions.SubmitRequest(**fields), actor=request.user,
                              client_address=request.META.get("REMOTE_ADDR"))
     return Status(201, job)
 
