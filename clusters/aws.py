@@ -511,12 +511,16 @@ def client_for(cluster: Cluster, service: str, *, subject: str, email: str, run_
     return _client(ssm_settings(cluster), service, subject=subject, email=email, run_as=run_as, id_token=id_token)
 
 
+def account_subject(account) -> str:
+    """The STS subject of a ClusterAccount's person (see accounts.issuer.user_subject)."""
+    return user_subject(account.user, account.cluster.tenant)
+
+
 def account_client(account, service: str, *, id_token: str | None = None):
     """client_for as the account's user, running as its POSIX user. Only active accounts get one."""
     if account.state != account.State.ACTIVE:
         raise AwsError(f"Your account on this cluster is {account.state}: no AWS access.", code="AccountNotActive")
-    cluster = account.cluster
-    return client_for(cluster, service, subject=user_subject(account.user, cluster.tenant), email=account.user.email,
+    return client_for(account.cluster, service, subject=account_subject(account), email=account.user.email,
                       run_as=account.posix_username, id_token=id_token)
 
 

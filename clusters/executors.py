@@ -19,9 +19,11 @@ import time
 from dataclasses import dataclass
 from urllib.parse import unquote, urlparse
 
+from botocore.exceptions import BotoCoreError, ClientError
 from django.conf import settings
 from django.core.exceptions import ValidationError
 
+from clusters import aws
 from clusters.models import Cluster, ClusterAccount, posix_username_validator
 from clusters.posix import PosixAccountError, become_user_argv, check_posix_account, clean_environment
 
@@ -238,18 +240,12 @@ class SsmExecutor(Executor):
 
     # -- AWS plumbing --------------------------------------------------------------------------
     def _settings(self):
-        from clusters import aws
-
         try:
             return aws.ssm_settings(self.cluster)
         except aws.AwsError as exc:
             raise ExecutorError(str(exc)) from None
 
     def _client(self, account, service: str):
-        from botocore.exceptions import BotoCoreError, ClientError
-
-        from clusters import aws
-
         try:
             if isinstance(account, ClusterAccount):
                 return aws.account_client(account, service)
@@ -261,28 +257,16 @@ class SsmExecutor(Executor):
 
     def _forget_credentials(self, account) -> None:
         """The cached credentials were refused (expired or revoked early): drop them so the next client is fresh."""
-        from clusters import aws
-
-        if isinstance(account, ClusterAccount):
-            aws.forget_credentials(aws.user_subject(account.user, self.cluster.tenant))
-        else:
-            aws.forget_credentials(aws.poller_subject(self.cluster))
+        aws.forget_credentials(aws.account_subject(account) if isinstance(account, ClusterAccount)
+                               else aws.poller_subject(self.cluster))
 
     @staticmethod
-    def _describe(exc, action: str):
-        from clusters import aws
-
-        return aws.describe_client_error(exc, action)
-
-    @classmethod
-    def _aws_error(cls, exc, action: str) -> ExecutorError:
+    def _aws_error(exc, action: str) -> ExecutorError:
         """A botocore failure (ClientError or BotoCoreError) as an ExecutorError whose message names the cause."""
-        return ExecutorError(str(cls._describe(exc, action)))
+        return ExecutorError(str(aws.describe_client_error(exc, action)))
 
     # -- the command ---------------------------------------------------------------------------
     def run(self, account, argv, *, stdin=None, timeout=30, env=None) -> CommandResult:
-        from botocore.exceptions import BotoCoreError, ClientError
-
         argv = _check_argv(argv)
         username, uid = account.posix_username, account.uid
         try:
@@ -324,11 +308,11 @@ class SsmExecutor(Executor):
                 command_id = ssm.send_command(**request)["Command"]["CommandId"]
                 break
             except (ClientError, BotoCoreError) as exc:
-                error = self._describe(exc, "SendCommand")
-                if attempt == 1 and getattr(error, "credentials_invalid", False):
+                error = aws.describe_client_error(exc, "SendCommand")
+                if attempt == 1 and error.credentials_invalid:
                     self._forget_credentials(account)  # nothing ran yet: once more with fresh credentials
                     continue
-                self._log(username, argv, None, f"refused ({getattr(error, 'code', '') or type(exc).__name__})", started)
+                self._log(username, argv, None, f"refused ({error.code or type(exc).__name__})", started)
                 raise ExecutorError(str(error)) from None
         try:
             invocation = self._wait(ssm, cfg, command_id, argv[0], started, timeout)
@@ -363,8 +347,6 @@ class SsmExecutor(Executor):
 
     def _wait(self, ssm, cfg, command_id: str, program: str, started: float, timeout: float) -> dict:
         """Poll GetCommandInvocation (backoff first_delay doubling to max_delay) until a final status."""
-        from botocore.exceptions import BotoCoreError, ClientError
-
         deadline = started + timeout
         delay, last = self.first_delay, "Pending"
         while True:
@@ -397,8 +379,6 @@ class SsmExecutor(Executor):
                 return invocation
 
     def _cancel(self, ssm, command_id: str, cfg) -> None:
-        from botocore.exceptions import BotoCoreError, ClientError
-
         try:
             ssm.cancel_command(CommandId=command_id, InstanceIds=[cfg.instance_id])
         except (ClientError, BotoCoreError) as exc:
@@ -457,8 +437,6 @@ class SsmExecutor(Executor):
         return "/".join(p for p in parts if p)
 
     def _read_s3(self, account, cfg, key: str, stream: str) -> bytes:
-        from botocore.exceptions import BotoCoreError, ClientError
-
         s3 = self._client(account, "s3")
         for attempt in range(3):
             try:

@@ -17,7 +17,6 @@ import shlex
 from botocore.exceptions import BotoCoreError, ClientError
 from channels.db import database_sync_to_async
 
-from accounts.issuer import user_subject
 from clusters import aws
 from terminal.backends.base import BackendError, SessionBackend, ShellRequest
 from terminal.ssm.channel import DataChannel, DataChannelError
@@ -89,7 +88,7 @@ class SsmBackend(SessionBackend):
             if not exc.aws_error.credentials_invalid:
                 raise
         # The cached credentials were revoked or expired early at AWS: fetch new ones, once.
-        aws.forget_credentials(user_subject(self._account.user, self._account.cluster.tenant))
+        aws.forget_credentials(aws.account_subject(self._account))
         try:
             self._ssm = await _account_client(self._account, "ssm", id_token=request.id_token)
         except aws.AwsError as exc:
@@ -134,12 +133,12 @@ class SsmBackend(SessionBackend):
 
     async def _resume(self) -> tuple[str, str]:
         try:
-            response = await asyncio.wait_for(
-                asyncio.to_thread(self._ssm.resume_session, SessionId=self.session_id), AWS_CALL_TIMEOUT)
-        except (ClientError, BotoCoreError) as exc:
-            error = aws.describe_client_error(exc, "ResumeSession")
+            response = await self._call("ResumeSession", self._ssm.resume_session, SessionId=self.session_id)
+        except AwsCallError as exc:
             # The channel retries a BackendError (throttling, a network blip); DataChannelError stops it.
-            raise (BackendError if error.retryable else DataChannelError)(str(error)) from None
+            if exc.aws_error.retryable:
+                raise
+            raise DataChannelError(str(exc)) from None
         if not response.get("TokenValue"):  # DataChannelError: stop retrying
             raise DataChannelError("The session timed out on the AWS side and can no longer be resumed.")
         return response["StreamUrl"], response["TokenValue"]
