@@ -11,7 +11,7 @@ from django.conf import settings
 class AsciicastRecorder:
     """Writes one session's output to `<recordings dir>/<relative_path>`.
 
-    Called from the event loop on every OUTPUT frame, so it only appends to a buffered file; the
+    Called from the event loop for every chunk the shell printed, so it only appends to a buffered file; the
     page cache absorbs it. Input is deliberately not recorded (passwords typed at prompts).
     """
 

@@ -13,6 +13,7 @@ import os
 
 import pytest
 from botocore.stub import ANY, Stubber
+from django.conf import settings
 from channels.db import database_sync_to_async as sync_to_async
 from moto import mock_aws
 
@@ -21,6 +22,7 @@ from clusters import aws
 from clusters.models import Cluster
 from terminal import protocol
 from terminal.actions import revoke_terminal_sessions
+from terminal.consumers import TerminalConsumer
 from terminal.backends import ssm as ssm_backend
 from terminal.live import LiveSession
 from terminal.models import TerminalSession
@@ -323,3 +325,24 @@ async def test_credentials_revoked_at_aws_are_replaced_once(ssm_cluster, emulato
     await LiveSession.end_all()
     assert len(fake_aws.stubbers) == 2  # the first client's credentials were forgotten, a new one was made
     fake_aws.assert_done()
+
+
+async def test_output_a_stalled_browser_cannot_take_is_bounded_and_the_loss_is_shown(ssm_cluster, emulator, fake_aws):
+    """Session Manager has no window: past the ack window the backend holds at most MAX_HELD_OUTPUT."""
+    fake_aws.session(emulator)
+    client = await open_client(ssm_cluster.bob)
+    await client.wait_for_status("connected")
+    client.ack = False  # a browser that stops acknowledging
+    await client.send_input(b"head -c 6000000 /dev/zero | tr '\\0' y; echo; echo __DO''NE__\r")
+    live = next(iter(LiveSession.registry.values()))
+    peak = 0
+    for _ in range(40):  # the emulator sends ~9 MB/s: 4 s is plenty for 6 MB
+        await client.drain(0.1)
+        peak = max(peak, len(live.backend._held))
+    assert peak <= ssm_backend.MAX_HELD_OUTPUT
+    assert len(client.output) <= settings.TERMINAL_HIGH_WATERMARK + 4096
+    client.ack = True
+    consumer = next(c for c in TerminalConsumer.live if c.live_session is live)
+    await client.send_ack(consumer._unacked)
+    output = await client.wait_for_output(b"__DONE__\r\n", timeout=15)
+    assert b"bytes of output were dropped while the browser was not reading]" in output

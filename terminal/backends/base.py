@@ -27,7 +27,8 @@ class SessionBackend:
     The relay (the consumer) owns flow control: the backend calls `read_budget()` before every read
     and never reads more; it calls `on_output(data)` with what it read and `on_exit(code, error)`
     exactly once when the shell is gone (`error` set: it failed; else an optional `message=` says why
-    it ended, e.g. Session Manager's reason). `pause_reading()`/`resume_reading()` stop and restart reads.
+    it ended, e.g. Session Manager's reason). When the budget has run out the backend stops reading;
+    `resume_reading()` tells it the budget has room again.
     """
 
     name = "base"
@@ -43,13 +44,11 @@ class SessionBackend:
     async def start(self, request: ShellRequest) -> None:
         raise NotImplementedError
 
-    def write(self, data: bytes) -> None:
+    def write(self, data: bytes) -> bool:
+        """Queue input for the shell; False when it was dropped (the shell is not keeping up)."""
         raise NotImplementedError
 
     def resize(self, cols: int, rows: int) -> None:
-        raise NotImplementedError
-
-    def pause_reading(self) -> None:
         raise NotImplementedError
 
     def resume_reading(self) -> None:

@@ -59,7 +59,6 @@ class SsmBackend(SessionBackend):
         self._channel: DataChannel | None = None
         self._held = bytearray()
         self._dropped = 0
-        self._paused = False
         self._terminated = False
         self._exited = False
         self._remote_terminated = False
@@ -155,6 +154,9 @@ class SsmBackend(SessionBackend):
 
     # --- output: no window on the AWS side, so hold what the relay cannot take yet --------------
     def _on_channel_output(self, data: bytes) -> None:
+        if not self._held and not self._dropped and self.read_budget() >= len(data):
+            self.on_output(data)  # the usual case: straight through, no copy
+            return
         self._held += data
         overflow = len(self._held) - MAX_HELD_OUTPUT
         if overflow > 0:
@@ -163,10 +165,8 @@ class SsmBackend(SessionBackend):
         self._deliver()
 
     def _deliver(self) -> None:
-        if self._paused or not self._held:
-            return
         budget = self.read_budget()
-        if budget <= 0:
+        if not self._held or budget <= 0:
             return
         if self._dropped:
             note = f"\r\n[clusterra: {self._dropped} bytes of output were dropped while the browser was not reading]\r\n"
@@ -178,11 +178,7 @@ class SsmBackend(SessionBackend):
         if chunk:
             self.on_output(chunk)
 
-    def pause_reading(self) -> None:
-        self._paused = True
-
     def resume_reading(self) -> None:
-        self._paused = False
         self._deliver()
 
     # --- input ----------------------------------------------------------------------------------
@@ -200,7 +196,6 @@ class SsmBackend(SessionBackend):
         if self._terminated or self._exited:
             return
         self._exited = True
-        self._paused = False
         self._deliver()
         if not self._channel.closed_by_service:
             self.on_exit(None, reason)  # the channel failed (lost and not resumable, agent errors)
