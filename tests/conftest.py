@@ -4,6 +4,7 @@ Cast (as in healthchecks' alice/bob/charlie): in tenant "acme" alice is admin, b
 revoked_rita has a revoked account; charlie belongs to tenant "other" only.
 """
 
+import contextlib
 import os
 import pwd
 import shutil
@@ -144,35 +145,54 @@ class LiveServer(str):
         return obj
 
 
-@pytest.fixture
-def live_daphne(transactional_db, tmp_path, settings):
+def stop_process(proc: subprocess.Popen, timeout: float = 15) -> None:
+    """SIGTERM, then SIGKILL if it has not exited within `timeout`."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(5)
+
+
+@contextlib.contextmanager
+def run_daphne(tmp_path, settings, extra_env: dict[str, str] | None = None):
+    """A daphne serving the test database; its own URL is the token issuer (CLUSTERRA_ISSUER_URL)."""
     port = _free_port()
+    url = f"http://127.0.0.1:{port}"
     env = {
         **os.environ,
         "CLUSTERRA_DATABASE_URL": _database_url(),
         "CLUSTERRA_DATA_DIR": str(tmp_path / "data"),
         "CLUSTERRA_RECORDINGS_DIR": str(settings.RECORDINGS_DIR),
         "CLUSTERRA_SECRET_KEY": settings.SECRET_KEY,
+        "CLUSTERRA_ISSUER_URL": url,
+        **(extra_env or {}),
     }
-    log = open(tmp_path / "daphne.log", "w")  # noqa: SIM115
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "clusterra.asgi:application"],
-        cwd=BASE_DIR, env=env, stdout=log, stderr=subprocess.STDOUT,
-    )
-    deadline = time.monotonic() + 20
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            break
-        except OSError:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                proc.kill()
-                pytest.fail(f"daphne did not start: {(tmp_path / 'daphne.log').read_text()}")
-            time.sleep(0.1)
-    yield LiveServer(f"http://127.0.0.1:{port}", proc)
-    proc.terminate()
+    log_path = tmp_path / "daphne.log"
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "clusterra.asgi:application"],
+            cwd=BASE_DIR, env=env, stdout=log, stderr=subprocess.STDOUT,
+        )
     try:
-        proc.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-    log.close()
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                break
+            except OSError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    pytest.fail(f"daphne did not start: {log_path.read_text()}")
+                time.sleep(0.1)
+        server = LiveServer(url, proc)
+        server.log_path = log_path
+        yield server
+    finally:
+        stop_process(proc)
+
+
+@pytest.fixture
+def live_daphne(transactional_db, tmp_path, settings):
+    with run_daphne(tmp_path, settings) as server:
+        yield server

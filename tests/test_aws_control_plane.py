@@ -11,8 +11,6 @@ a websocket client ↔ daphne (the portal, with its own STS and SSM calls) ↔ t
 import asyncio
 import json
 import os
-import subprocess
-import sys
 import time
 
 import botocore.session
@@ -33,7 +31,7 @@ from terminal import protocol
 from terminal.backends.local_pty import session_pids
 from terminal.ssm.channel import DataChannel
 from tests.aws_control_plane import AwsControlPlane, Role
-from tests.conftest import BASE_DIR, LiveServer, _database_url, _free_port
+from tests.conftest import _free_port, run_daphne
 from tests.ssm_emulator import DEFAULT_TARGET, run_in_thread
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
@@ -313,52 +311,10 @@ def test_the_portals_own_aws_code_gets_credentials_and_a_session(cast, plane, em
 # --- a real daphne ------------------------------------------------------------------------------
 @pytest.fixture
 def issuer_daphne(transactional_db, tmp_path, settings):
-    """Like conftest's live_daphne, with CLUSTERRA_ISSUER_URL = its own URL, so that the stand-in fetches the
-    JWKS from the portal that signs the tokens (as AWS does from the public issuer URL)."""
-    port = _free_port()
-    url = f"http://127.0.0.1:{port}"
-    env = {
-        **os.environ,
-        "CLUSTERRA_DATABASE_URL": _database_url(),
-        "CLUSTERRA_DATA_DIR": str(tmp_path / "data"),
-        "CLUSTERRA_RECORDINGS_DIR": str(settings.RECORDINGS_DIR),
-        "CLUSTERRA_SECRET_KEY": settings.SECRET_KEY,
-        "CLUSTERRA_ISSUER_URL": url,
-        "CLUSTERRA_AWS_MAX_ATTEMPTS": "1",
-    }
-    log_path = tmp_path / "daphne.log"
-    with open(log_path, "w") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "clusterra.asgi:application"],
-            cwd=BASE_DIR, env=env, stdout=log, stderr=subprocess.STDOUT,
-        )
-    try:
-        _wait_for_port(port, proc, log_path)
-        server = LiveServer(url, proc)
-        server.log_path = log_path
+    """conftest's daphne (its own URL is the issuer, so the stand-in fetches the JWKS from the portal that
+    signs the tokens, as AWS does from the public issuer URL), with one attempt per AWS call."""
+    with run_daphne(tmp_path, settings, {"CLUSTERRA_AWS_MAX_ATTEMPTS": "1"}) as server:
         yield server
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
-
-
-def _wait_for_port(port, proc, log_path):
-    import socket
-
-    deadline = time.monotonic() + 20
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return
-        except OSError:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                proc.kill()
-                pytest.fail(f"daphne did not start: {log_path.read_text()}")
-            time.sleep(0.1)
 
 
 def signed_in_cookie(user) -> str:

@@ -119,12 +119,7 @@ def test_bob_signs_in_opens_the_terminal_and_runs_whoami(cast, bob_posix, live_d
 def test_stopping_the_server_ends_a_detached_session(cast, bob_posix, live_daphne, browser_page):
     """A session waiting for its browser has no consumer; daphne's shutdown must still end it."""
     page = browser_page
-    page.goto(f"{live_daphne}/accounts/login/?next=/t/acme/c/hpc/terminal/")
-    page.fill("input[name=username]", "bob@acme.test")
-    page.fill("input[name=password]", PASSWORD)
-    page.click("button[type=submit]")
-    page.wait_for_function("window.clusterraTerminal && window.clusterraTerminal.state === 'connected'", timeout=15000)
-    page.locator(".xterm").click()
+    open_terminal_as_bob(page, live_daphne)
     page.keyboard.type("sleep 1000 & echo st''arted\n")
     _wait_for_line(page, "started", exact=False)
     page.goto("about:blank")  # the socket closes; the session waits for a reattach
@@ -136,6 +131,16 @@ def test_stopping_the_server_ends_a_detached_session(cast, bob_posix, live_daphn
     session = _in_thread(lambda: TerminalSession.objects.get(pk=session.pk))
     assert session.end_reason == "server_shutdown"
     assert session_pids(sid) == []
+
+
+def open_terminal_as_bob(page, base_url: str):
+    """Sign in on the login page and wait until the terminal is connected and focused."""
+    page.goto(f"{base_url}/accounts/login/?next=/t/acme/c/hpc/terminal/")
+    page.fill("input[name=username]", "bob@acme.test")
+    page.fill("input[name=password]", PASSWORD)
+    page.click("button[type=submit]")
+    page.wait_for_function("window.clusterraTerminal && window.clusterraTerminal.state === 'connected'", timeout=15000)
+    page.locator(".xterm").click()
 
 
 def _wait_for(predicate, timeout=10.0):
@@ -215,12 +220,7 @@ def test_a_dropped_connection_reattaches_by_itself(cast, bob_posix, live_daphne,
     base = f"http://127.0.0.1:{proxy.port}"
     page = browser_page
     try:
-        page.goto(f"{base}/accounts/login/?next=/t/acme/c/hpc/terminal/")
-        page.fill("input[name=username]", "bob@acme.test")
-        page.fill("input[name=password]", PASSWORD)
-        page.click("button[type=submit]")
-        page.wait_for_function("window.clusterraTerminal && window.clusterraTerminal.state === 'connected'", timeout=15000)
-        page.locator(".xterm").click()
+        open_terminal_as_bob(page, base)
         page.keyboard.type("export MARK=survived-$((50+5))\n")
         time.sleep(0.5)
         proxy.cut()  # the network drops: the page sees its socket close and reconnects with attach=<id>

@@ -11,6 +11,7 @@ from clusters.models import Cluster
 from jobs import slurm
 from jobs.models import Job
 from jobs.services import finish_from_accounting, refresh_jobs
+from tests.conftest import stop_process
 
 pytestmark = [pytest.mark.django_db, pytest.mark.slow, pytest.mark.slurm]
 
@@ -138,11 +139,7 @@ def test_celery_worker_and_beat_keep_the_cache_fresh(slurm_cast, tmp_path):
         job = Job.objects.get(cluster=c.hpc, job_id=job_id)
         assert job.owner == c.bob_account and job.name == "polled"
     finally:
-        worker.terminate()
-        try:
-            worker.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            worker.kill()
+        stop_process(worker, timeout=20)
 
 
 def test_submit_and_cancel_actions(slurm_cast):
