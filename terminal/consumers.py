@@ -67,7 +67,6 @@ class TerminalConsumer(AsyncWebsocketConsumer):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         TerminalConsumer.live.add(self)
-        self.session: TerminalSession | None = None
         self.live_session: LiveSession | None = None
         self._outbuf = bytearray()
         self._unacked = 0
@@ -80,6 +79,10 @@ class TerminalConsumer(AsyncWebsocketConsumer):
         self._low = settings.TERMINAL_LOW_WATERMARK
         self._coalesce_delay = settings.TERMINAL_COALESCE_MS / 1000
         self._coalesce_bytes = settings.TERMINAL_COALESCE_BYTES
+
+    @property
+    def session(self) -> TerminalSession | None:
+        return self.live_session.session if self.live_session is not None else None
 
     # --- ASGI entry: make sure every way out detaches or finishes the session ------------------
     async def __call__(self, scope, receive, send):
@@ -121,7 +124,7 @@ class TerminalConsumer(AsyncWebsocketConsumer):
             return
         headers = dict(self.scope.get("headers", []))
         try:
-            self.session = await database_sync_to_async(actions.open_terminal_session)(
+            session = await database_sync_to_async(actions.open_terminal_session)(
                 user=user, tenant_slug=kwargs["tenant_slug"], cluster_slug=kwargs["cluster_slug"],
                 working_directory=query.get("cwd", [None])[0],
                 client_address=(self.scope.get("client") or [None])[0],
@@ -131,10 +134,10 @@ class TerminalConsumer(AsyncWebsocketConsumer):
             code = protocol.CLOSE_NOT_FOUND if exc.not_found else protocol.CLOSE_FORBIDDEN
             await self._refuse(code, str(exc))
             return
-        await self._start_backend(cols, rows)
+        await self._start_backend(session, cols, rows)
 
-    async def _start_backend(self, cols: int, rows: int):
-        session, cluster = self.session, self.session.cluster
+    async def _start_backend(self, session: TerminalSession, cols: int, rows: int):
+        cluster = session.cluster
         backend_class = BACKENDS.get(session.backend)
         if backend_class is None:
             message = f"The {session.backend!r} backend is not available on this server."
@@ -189,7 +192,7 @@ class TerminalConsumer(AsyncWebsocketConsumer):
         if live is None or live.cluster.slug != kwargs["cluster_slug"] or live.cluster.tenant.slug != kwargs["tenant_slug"]:
             await self._refuse(protocol.CLOSE_NOT_FOUND, "That terminal session has ended.")
             return
-        self.session, self.live_session = live.session, live
+        self.live_session = live
         scrollback = await live.attach(self, client_address=(self.scope.get("client") or [None])[0])
         if live.ending:  # it ended while we were attaching: end() tells us only if it saw us attached
             await live.ended.wait()

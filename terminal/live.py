@@ -63,7 +63,6 @@ class LiveSession:
         self.ended = asyncio.Event()
         self._scrollback = bytearray()
         self._scrollback_limit = min(settings.TERMINAL_SCROLLBACK_BYTES, settings.TERMINAL_HIGH_WATERMARK)
-        self._scrollback_trimmed = False
         self._read_while_detached = 0
         self._channel_name: str | None = None
         self._groups: list[str] = []
@@ -134,7 +133,7 @@ class LiveSession:
         # No await from here on: the snapshot and the switch to `consumer` happen at the same point.
         scrollback = bytes(self._scrollback)
         self.attached = consumer
-        return trim_scrollback(scrollback) if self._scrollback_trimmed else scrollback
+        return trim_scrollback(scrollback) if self.bytes_out > len(scrollback) else scrollback
 
     def detach(self, consumer: Attachment) -> None:
         """The browser connection went away: keep the shell for the grace period, then end it."""
@@ -183,7 +182,6 @@ class LiveSession:
         overflow = len(self._scrollback) - self._scrollback_limit
         if overflow > 0:
             del self._scrollback[:overflow]
-            self._scrollback_trimmed = True
         if self.attached is not None:
             self.attached.deliver(data)
         else:

@@ -48,6 +48,7 @@ async def test_dropped_socket_reattaches_to_the_same_shell_with_scrollback(cast)
     second, status = await open_client(cast.bob, attach=session_id, cols=100, rows=30)
     assert status["reattached"] is True and status["session_id"] == session_id
     await second.wait_for_output(b"before-drop")  # the scrollback is replayed first
+    assert second.output.startswith(first.output[:40])  # all of it: nothing was trimmed yet, so nothing is cut
     await second.send_input(b"echo $MARK $PWD; stty size\n")
     await second.wait_for_output(b"kept-42 /tmp")  # the same shell: its variables and directory
     await second.wait_for_output(b"30 100")  # and the new window's size
