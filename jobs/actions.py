@@ -2,7 +2,7 @@
 POSIX account through the cluster's executor and writes an audit event."""
 
 import posixpath
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from django.utils import timezone
 
@@ -23,24 +23,13 @@ class JobActionError(Exception):
         self.status = status
 
 
-@dataclass
-class SubmitRequest:
+@dataclass(kw_only=True)
+class SubmitRequest(slurm.JobOptions):
+    """A submission as the user asked for it (API body, web form, CLI), before validation."""
+
     script_path: str | None = None
     script: str | None = None
     working_directory: str | None = None
-    name: str | None = None
-    partition: str | None = None
-    time_limit: str | None = None
-    nodes: int | None = None
-    ntasks: int | None = None
-    cpus_per_task: int | None = None
-    memory: str | None = None
-    gpus: str | None = None
-    array: str | None = None
-    dependency: str | None = None
-    account: str | None = None
-    qos: str | None = None
-    environment: dict[str, str] = field(default_factory=dict)
 
 
 def allowed_roots(account: ClusterAccount) -> list[str]:

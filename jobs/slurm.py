@@ -151,11 +151,11 @@ def parse_squeue(output: bytes) -> list[QueuedJob]:
 
 
 # --- sbatch ---------------------------------------------------------------------------------------
-@dataclass
-class SubmitOptions:
-    """What a user may ask of sbatch. Values are validated by jobs.validation before they get here."""
+@dataclass(kw_only=True)
+class JobOptions:
+    """The sbatch options a user may ask for: in a submit request (jobs.actions.SubmitRequest) and,
+    validated, in SubmitOptions."""
 
-    working_directory: str
     name: str | None = None
     partition: str | None = None
     time_limit: str | None = None
@@ -168,9 +168,16 @@ class SubmitOptions:
     dependency: str | None = None
     account: str | None = None
     qos: str | None = None
+    environment: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(kw_only=True)
+class SubmitOptions(JobOptions):
+    """What goes to sbatch. Values are validated by jobs.validation before they get here."""
+
+    working_directory: str
     output: str | None = None
     error: str | None = None
-    environment: dict[str, str] = field(default_factory=dict)
 
 
 def sbatch_argv(options: SubmitOptions, script_path: str | None = None) -> list[str]:
