@@ -220,7 +220,7 @@ DefMemPerCPU=256
 EnforcePartLimits=ALL
 SchedulerType=sched/backfill
 SchedulerParameters=batch_sched_delay=0
-MaxJobCount=20000
+MaxJobCount=60000
 MaxArraySize=10001
 MailProg=/bin/true
 JobCompType=jobcomp/filetxt
