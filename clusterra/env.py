@@ -6,6 +6,7 @@ as NAME or as NAME_FILE (a path to a file holding the value, e.g. a Docker/Kuber
 """
 
 import os
+import re
 from pathlib import Path
 
 from django.core.exceptions import ImproperlyConfigured
@@ -68,6 +69,14 @@ def env_choice(name: str, default: str, choices: tuple[str, ...]) -> str:
     value = env_str(name, default)
     if value not in choices:
         raise ImproperlyConfigured(f"{name} must be one of {', '.join(choices)}, got {value!r}")
+    return value
+
+
+def env_match(name: str, default: str, pattern: str, what: str) -> str:
+    """A value that must match `pattern` as a whole (`what` describes it in the error)."""
+    value = env_str(name, default)
+    if not re.fullmatch(pattern, value):
+        raise ImproperlyConfigured(f"{name} must be {what}, got {value!r}")
     return value
 
 

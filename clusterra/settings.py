@@ -11,7 +11,7 @@ from urllib.parse import urlsplit
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
-from clusterra.env import env_bool, env_int, env_list, env_path, env_secret, env_str
+from clusterra.env import env_bool, env_int, env_list, env_match, env_path, env_secret, env_str
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -152,6 +152,11 @@ if _redis_url:
 else:
     # One process only: revocation reaches the sessions of this process. Production sets Redis.
     CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+
+# This daphne process among several behind one proxy (deploy/: instance N of clusterra-daphne@.service).
+# The terminal tells the browser, which reattaches through /ws/w/<worker>/... so the proxy can route the
+# reattach to the process holding the shell (docs/deployment.md, "Reattach routing").
+WORKER_ID = env_match("CLUSTERRA_WORKER_ID", "0", r"[a-z0-9]{1,16}", "1-16 lowercase letters or digits")
 
 # --- Celery (the job poller) ---------------------------------------------------------------
 CELERY_BROKER_URL = env_str("CLUSTERRA_CELERY_BROKER_URL", _redis_url or "redis://127.0.0.1:6379/0")

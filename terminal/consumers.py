@@ -184,7 +184,8 @@ class TerminalConsumer(AsyncWebsocketConsumer):
         return dict(
             type="connected", session_id=str(session.pk), posix_user=session.posix_username, cluster=cluster.slug,
             backend=session.backend, idle_timeout=cluster.idle_timeout, max_duration=cluster.max_session_duration,
-            reattach_grace=settings.TERMINAL_REATTACH_GRACE, high_watermark=self._high, low_watermark=self._low, **extra,
+            reattach_grace=settings.TERMINAL_REATTACH_GRACE, high_watermark=self._high, low_watermark=self._low,
+            worker=settings.WORKER_ID, **extra,
         )
 
     async def _reattach(self, user, session_id: str, kwargs, cols: int, rows: int):

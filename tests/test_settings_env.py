@@ -48,6 +48,16 @@ def test_env_list_and_choice(monkeypatch):
         env.env_choice("X_CHOICE", "red", ("red", "green"))
 
 
+def test_env_match_takes_whole_values_only(monkeypatch):
+    assert env.env_match("X_ID", "0", r"[a-z0-9]{1,16}", "an id") == "0"
+    monkeypatch.setenv("X_ID", "a7")
+    assert env.env_match("X_ID", "0", r"[a-z0-9]{1,16}", "an id") == "a7"
+    for bad in ("a7\n", "../1", "x" * 17):
+        monkeypatch.setenv("X_ID", bad)
+        with pytest.raises(ImproperlyConfigured, match="X_ID must be an id"):
+            env.env_match("X_ID", "0", r"[a-z0-9]{1,16}", "an id")
+
+
 def test_bad_settings_stop_start_up(tmp_path):
     """The real settings module refuses bad values with the variable's name."""
     import os
@@ -60,6 +70,7 @@ def test_bad_settings_stop_start_up(tmp_path):
         ("CLUSTERRA_TERMINAL_LOW_WATERMARK", "99999999", "must be below"),
         ("CLUSTERRA_SECRET_KEY", "short", "at least 32 characters"),
         ("CLUSTERRA_TRUSTED_ORIGINS", "portal.example.org", "need a scheme"),
+        ("CLUSTERRA_WORKER_ID", "Daphne-1", "CLUSTERRA_WORKER_ID must be 1-16 lowercase letters or digits"),
     ]:
         result = subprocess.run(
             [sys.executable, "-c", "import django; django.setup()"], env={**base_env, name: value},

@@ -186,3 +186,21 @@ async def test_output_while_detached_is_replayed_once_and_in_order(cast):
     assert output.count(b"late-one\r\n") == 1 and output.count(b"late-two\r\n") == 1  # (the echoed command has "late-one;")
     assert output.index(b"late-one\r\n") < output.index(b"late-two\r\n")
     assert again.statuses[0]["type"] == "connected"  # nothing before the status the client resets on
+
+
+async def test_the_connected_status_names_the_worker_and_its_prefixed_path_reattaches(cast, settings):
+    """Behind nginx a reattach goes to /ws/w/<worker>/...: the route accepts it and reaches the same shell."""
+    settings.WORKER_ID = "w7"
+    first, connected = await open_client(cast.bob)
+    assert connected["worker"] == "w7"
+    await first.send_input(b"export MARK=via-$((3*5))\n")
+    await first.close()
+    path = terminal_path(attach=connected["session_id"]).replace("/ws/t/", "/ws/w/w7/t/", 1)
+    second = TerminalClient(cast.bob, path)
+    assert await second.connect()
+    status = await second.wait_for_status("connected")
+    assert status["reattached"] is True and status["session_id"] == connected["session_id"] and status["worker"] == "w7"
+    await second.send_input(b"echo mark=$MARK\n")
+    await second.wait_for_output(b"mark=via-15")
+    await second.send_input(b"exit\n")
+    assert (await second.wait_for_status("exit"))["reason"] == "closed"

@@ -12,6 +12,7 @@ const ACK_DELAY_MS = 100;          // ...else within this long (one ACK per burs
 const MAX_INPUT_CHUNK = 32 * 1024; // the server closes on frames > 64 KiB (4413): split big pastes
 const CLOSE_NOT_FOUND = 4404, CLOSE_TAKEN_OVER = 4409;
 const RECONNECT_DELAYS_MS = [250, 500, 1000, 2000, 4000, 8000]; // then every 8 s until the grace period is over
+const WORKER_ID = /^[a-z0-9]{1,16}$/; // the server process holding a session (CLUSTERRA_WORKER_ID)
 
 const root = document.getElementById("terminal-root");
 const host = root.querySelector(".terminal-host");
@@ -171,7 +172,7 @@ function endSession(s, statusText, termLine) {
 const storageKey = `clusterra.terminal:${config.wsPath}`;
 const remembered = {
   get() { try { return JSON.parse(sessionStorage.getItem(storageKey)); } catch { return null; } },
-  set(id, grace) { try { sessionStorage.setItem(storageKey, JSON.stringify({ id, grace })); } catch { /* storage off */ } },
+  set(id, grace, worker) { try { sessionStorage.setItem(storageKey, JSON.stringify({ id, grace, worker })); } catch { /* storage off */ } },
   clear() { try { sessionStorage.removeItem(storageKey); } catch { /* storage off */ } },
 };
 
@@ -180,7 +181,8 @@ function handleStatus(s, msg) {
     s.state = "connected";
     s.sessionId = msg.session_id;
     s.grace = Number(msg.reattach_grace) || 0;
-    remembered.set(s.sessionId, s.grace);
+    s.worker = WORKER_ID.test(msg.worker || "") ? msg.worker : null;
+    remembered.set(s.sessionId, s.grace, s.worker);
     if (msg.reattached) {
       // The server replays its recent output next: start from a clean screen, after what is queued.
       term.write("", () => term.reset());
@@ -227,10 +229,17 @@ function handleMessage(s, data) {
   }
 }
 
-function connect(attachId, { onPageLoad = false, droppedAt = 0, attempt = 0 } = {}) {
+// A reattach goes to /ws/w/<worker>/...: with several server processes behind a proxy, only the one
+// holding the shell can take it over, and the proxy routes by that segment (docs/deployment.md).
+function socketPath(attachId, worker) {
+  if (!attachId || !WORKER_ID.test(worker || "")) return config.wsPath;
+  return config.wsPath.replace(/^\/ws\//, `/ws/w/${worker}/`);
+}
+
+function connect(attachId, { onPageLoad = false, droppedAt = 0, attempt = 0, worker = null } = {}) {
   const s = {
     ws: null, state: "connecting", exited: false, replaced: false, pendingWrites: 0, unacked: 0, ackTimer: 0,
-    queuedResize: null, sessionId: attachId, attachId, onPageLoad, grace: 0,
+    queuedResize: null, sessionId: attachId, attachId, onPageLoad, grace: 0, worker,
   };
   session = s;
   if (!droppedAt) setStatus("connecting", "Connecting…");
@@ -238,7 +247,7 @@ function connect(attachId, { onPageLoad = false, droppedAt = 0, attempt = 0 } = 
   if (attachId) query += `&attach=${encodeURIComponent(attachId)}`;
   else if (config.cwd) query += `&cwd=${encodeURIComponent(config.cwd)}`;
   const scheme = location.protocol === "https:" ? "wss:" : "ws:";
-  s.ws = new WebSocket(`${scheme}//${location.host}${config.wsPath}?${query}`);
+  s.ws = new WebSocket(`${scheme}//${location.host}${socketPath(attachId, worker)}?${query}`);
   s.ws.binaryType = "arraybuffer";
   s.ws.onopen = () => {
     // A resize that happened during the handshake could not be sent yet.
@@ -251,12 +260,13 @@ function connect(attachId, { onPageLoad = false, droppedAt = 0, attempt = 0 } = 
     const grace = s.grace || (remembered.get() || {}).grace || 0;
     const since = droppedAt || Date.now();
     const id = s.sessionId;
+    const worker = s.worker || (remembered.get() || {}).worker || null;
     if (id && ev.code !== CLOSE_TAKEN_OVER && ev.code !== CLOSE_NOT_FOUND && Date.now() - since < grace * 1000) {
       // The connection dropped but the shell lives on: reattach while the server keeps it.
       s.state = "reconnecting";
       setStatus("reconnecting", "Connection lost — reconnecting…");
       const delay = RECONNECT_DELAYS_MS[Math.min(attempt, RECONNECT_DELAYS_MS.length - 1)];
-      setTimeout(() => { if (s === session) connect(id, { droppedAt: since, attempt: attempt + 1 }); }, delay);
+      setTimeout(() => { if (s === session) connect(id, { droppedAt: since, attempt: attempt + 1, worker }); }, delay);
       return;
     }
     remembered.clear();
@@ -377,10 +387,11 @@ newSessionLink.addEventListener("click", (ev) => {
 window.clusterraTerminal = {
   term,
   get state() { return session ? session.state : "ended"; },
+  get socketUrl() { return session ? session.ws.url : null; },
 };
 
 fitNow(); // the first fit decides the cols/rows sent in the URL
 // A reload of this tab reattaches to its live session; "Open terminal here" (a cwd) starts a new one.
 const previous = config.cwd ? null : remembered.get();
-connect(previous ? previous.id : null, { onPageLoad: Boolean(previous) });
+connect(previous ? previous.id : null, { onPageLoad: Boolean(previous), worker: previous ? previous.worker : null });
 term.focus();
