@@ -88,8 +88,10 @@ OPEN_CONCURRENCY = 10
 SHELL_READY_TIMEOUT = 30.0
 ECHO_DRAIN_TIMEOUT = 5.0
 CTRLC_TIMEOUT = 30.0
-TARGET_NAMES = {"raw": "raw PTY", "terminado": "terminado", "clusterra": "Clusterra", "clusterra-ssm": "Clusterra SSM"}
-ALL_TARGETS = ("raw", "terminado", "clusterra", "clusterra-ssm")
+TARGET_NAMES = {"raw": "raw PTY", "terminado": "terminado", "ttyd": "ttyd", "clusterra": "Clusterra",
+                "clusterra-ssm": "Clusterra SSM"}
+ALL_TARGETS = ("raw", "terminado", "ttyd", "clusterra", "clusterra-ssm")
+DEFAULT_TARGETS = ("raw", "terminado", "clusterra", "clusterra-ssm")  # ttyd when installed (bench/README.md)
 CLUSTERRA_TARGETS = ("clusterra", "clusterra-ssm")
 SSM_CLUSTER = "ssm"
 SSM_REGION = "us-east-1"
@@ -114,21 +116,17 @@ def percentile(sorted_values: list[int], p: float) -> int:
     return sorted_values[min(rank, len(sorted_values)) - 1]
 
 
-def cpu_seconds(pid: int | None) -> float | None:
-    """utime + stime of a process (all its threads), or None."""
-    if pid is None:
-        return None
+def _cpu_seconds(pid: int) -> tuple[int, float] | None:
+    """(kernel session id, utime + stime of all its threads) of a process, or None."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
             fields = f.read().rsplit(b")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return int(fields[3]), (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
     except (OSError, IndexError, ValueError):
         return None
 
 
-def rss_mb(pid: int | None) -> float | None:
-    if pid is None:
-        return None
+def _rss_mb(pid: int) -> float:
     try:
         with open(f"/proc/{pid}/status") as f:
             for line in f:
@@ -136,7 +134,32 @@ def rss_mb(pid: int | None) -> float | None:
                     return int(line.split()[1]) / 1024
     except OSError:
         pass
-    return None
+    return 0.0
+
+
+def server_pids(pid: int | None) -> list[int]:
+    """A server we started and every helper it runs in its kernel session (it is the session leader:
+    start_new_session). The shells are not in it: each target gives them a session of their own (setsid
+    with the PTY as controlling terminal), so their CPU is not the relay's."""
+    if pid is None or _cpu_seconds(pid) is None:
+        return []
+    pids = [pid]
+    for name in os.listdir("/proc"):
+        if name.isdigit() and int(name) != pid and (st := _cpu_seconds(int(name))) is not None and st[0] == pid:
+            pids.append(int(name))
+    return pids
+
+
+def cpu_seconds(pid: int | None) -> float | None:
+    """CPU seconds (user + system, all threads) used so far by the server `pid` and its helpers (server_pids)."""
+    pids = server_pids(pid)
+    return sum((st[1] for p in pids if (st := _cpu_seconds(p)) is not None), 0.0) if pids else None
+
+
+def rss_mb(pid: int | None) -> float | None:
+    """Resident memory of the server `pid` and its helpers, MB."""
+    pids = server_pids(pid)
+    return sum(_rss_mb(p) for p in pids) if pids else None
 
 
 def proc_stat(pid: int) -> tuple[int, int, bytes] | None:
@@ -464,6 +487,37 @@ class TerminadoSession(_WsSession):
         await self.ws.send(json.dumps(["stdin", data.decode()]))
 
 
+class TtydSession(_WsSession):
+    """ttyd's protocol (subprotocol `tty`): a JSON hello with the size starts the shell; then frames whose first
+    byte is a command: b"0" + bytes is input (client → server) and output (server → client)."""
+
+    target = "ttyd"
+
+    def __init__(self, port: int):
+        super().__init__()
+        self.port = port
+
+    async def open(self) -> None:
+        self.ws = await ws_connect(
+            f"ws://127.0.0.1:{self.port}/ws", subprotocols=["tty"], origin=f"http://127.0.0.1:{self.port}",
+            compression=None, max_size=None, ping_interval=None, open_timeout=SHELL_READY_TIMEOUT, close_timeout=5,
+        )
+        sock = self.ws.transport.get_extra_info("socket")
+        if sock is not None:
+            self.nodelay = bool(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+        await self.ws.send(json.dumps({"AuthToken": "", "columns": COLS, "rows": ROWS}).encode())
+        self._reader = asyncio.create_task(self._read_loop())
+
+    async def _on_message(self, message, t: int):
+        if isinstance(message, str):
+            message = message.encode()
+        if message[:1] == b"0":
+            self._deliver(message[1:], t)
+
+    async def send(self, data: bytes) -> None:
+        await self.ws.send(b"0" + data)
+
+
 # --- servers --------------------------------------------------------------------------------------
 DJANGO_SETUP = r"""
 import json, os, sys
@@ -599,6 +653,7 @@ class Servers:
         self.python = str(REPO / ".venv" / "bin" / "python") if (REPO / ".venv" / "bin" / "python").exists() else sys.executable
         self.daphne_pid: int | None = None
         self.terminado_pid: int | None = None
+        self.ttyd_pid: int | None = None
         self.daphne_port = free_port()  # known before daphne starts: it is the token issuer the SSM stand-in trusts
         self.ssm_pid: int | None = None
         self.ssm_url = ""
@@ -679,6 +734,39 @@ class Servers:
         self.terminado_pid = proc.pid
         return port
 
+    def start_ttyd(self, argv: list[str]) -> int:
+        """ttyd (C, libwebsockets): one process; each socket forks the shell on its own PTY."""
+        binary = self.args.ttyd or shutil.which("ttyd")
+        if not binary:
+            raise BenchError("ttyd not found: install it (bench/README.md) or pass --ttyd PATH")
+        port = free_port()
+        # -W: writable (ttyd is read-only by default); -d 3: errors and warnings only, as daphne logs here.
+        proc = self.start("ttyd", [binary, "-p", str(port), "-i", "127.0.0.1", "-W", "-d", "3", "--", *argv])
+        self.wait_port("ttyd", proc, port)
+        self.ttyd_pid = proc.pid
+        return port
+
+    def hang_up_ttyd_shells(self) -> None:
+        """ttyd signals its child's process group when a socket closes; as with terminado, that group is runuser's
+        alone (the interactive bash moved to a group of its own), so the shells would outlive their sockets. SIGHUP
+        every process of the kernel sessions ttyd started (its children lead them), as a hang-up would."""
+        if self.ttyd_pid is None:
+            return
+        sids = set()
+        for name in os.listdir("/proc"):
+            try:
+                with open(f"/proc/{name}/stat", "rb") as f:
+                    fields = f.read().rsplit(b")", 1)[1].split()
+            except (OSError, ValueError):
+                continue
+            if name.isdigit() and int(fields[1]) == self.ttyd_pid:
+                sids.add(int(fields[3]))
+        sids.discard(self.ttyd_pid)
+        self.started_sids |= sids
+        for pid in live_pids(sids=sids):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGHUP)
+
     def start_ssm_plane(self, posix_user: str, argv: list[str]) -> None:
         """The STS/SSM stand-in and the Session Manager emulator, in one subprocess (tests/aws_control_plane.py)."""
         payload = {"issuer": self.issuer_url(), "region": SSM_REGION, "role": SSM_ROLE, "document": SSM_DOCUMENT,
@@ -753,7 +841,7 @@ class Bench:
         self.posix_user, self.uid, self.argv = posix_user, uid, argv
         self.dedicated_user = os.geteuid() == 0 and posix_user == BENCH_USER
         self.cookie = ""
-        self.daphne_port = self.terminado_port = 0
+        self.daphne_port = self.terminado_port = self.ttyd_port = 0
         self.results: dict = {"echo": {}, "bulk": {}, "ctrlc": {}}
         self.errors: list[str] = []
         self.failed: set[tuple] = set()
@@ -764,7 +852,7 @@ class Bench:
 
     def relay_pid(self, target: str) -> int | None:
         return {"clusterra": self.servers.daphne_pid, "clusterra-ssm": self.servers.daphne_pid,
-                "terminado": self.servers.terminado_pid}.get(target)
+                "terminado": self.servers.terminado_pid, "ttyd": self.servers.ttyd_pid}.get(target)
 
     def agent_pid(self, target: str) -> int | None:
         """The process on the far side of the relay, when it is ours: the SSM emulator (MGS + agent)."""
@@ -775,6 +863,8 @@ class Bench:
             return RawSession(self.argv, self.servers.started_sids)
         if target == "terminado":
             return TerminadoSession(self.terminado_port)
+        if target == "ttyd":
+            return TtydSession(self.ttyd_port)
         if target == "clusterra-ssm":
             return ClusterraSession(self.daphne_port, self.cookie, SSM_CLUSTER, target)
         return ClusterraSession(self.daphne_port, self.cookie)
@@ -801,6 +891,8 @@ class Bench:
 
     async def close_sessions(self, sessions: list[Session]) -> None:
         await asyncio.gather(*(s.close() for s in sessions), return_exceptions=True)
+        if any(s.target == "ttyd" for s in sessions):
+            self.servers.hang_up_ttyd_shells()
         await self.settle()
 
     async def settle(self, timeout: float = 20) -> None:
@@ -840,6 +932,8 @@ class Bench:
                 nonlocal cpu0, client0, wall0, agent0
                 await asyncio.sleep(max(0, (measure_from - now_ns()) / 1e9))
                 cpu0, client0, wall0, agent0 = cpu_seconds(relay), time.process_time(), time.monotonic(), cpu_seconds(agent)
+                if args.py_spy and target in CLUSTERRA_TARGETS and n == max(args.sessions):
+                    self.profile(relay, f"{target}-echo-{n}")
 
             marker = asyncio.create_task(mark_start())
             await asyncio.gather(*(
@@ -875,6 +969,18 @@ class Bench:
             "client_cpu_pct": 100 * (client1 - client0) / wall, "relay_rss_mb": rss,
             "agent_cpu_pct": None if agent0 is None or agent1 is None else 100 * (agent1 - agent0) / wall,
         }
+
+    def profile(self, pid: int, name: str) -> None:
+        """py-spy (pip install py-spy; root) samples the relay during the measured phase; collapsed stacks for
+        flamegraph.pl / speedscope, and a summary by function in the notes."""
+        out = Path(self.args.py_spy) / f"{name}.txt"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        argv = [shutil.which("py-spy") or "py-spy", "record", "--pid", str(pid), "--duration", str(int(self.args.duration)),
+                "--rate", "200", "--format", "raw", "--nonblocking", "--output", str(out)]
+        log = open(out.with_suffix(".log"), "wb")  # noqa: SIM115
+        subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        log.close()
+        self.notes.append(f"py-spy profile of {name}: {out}")
 
     # --- bulk ---
     def bulk_producer(self) -> str:
@@ -942,10 +1048,10 @@ class Bench:
     # --- all ---
     async def run(self) -> None:
         args = self.args
-        plan = [("echo", n, t) for n in args.sessions for t in args.targets]
+        plan = [("echo", n, t) for n in args.sessions for t in args.targets] if "echo" in args.scenarios else []
         # Bulk and Ctrl-C are short and noisy: several runs, targets interleaved, median reported.
-        plan += [("bulk", r, t) for r in range(args.runs) for t in args.targets]
-        plan += [("ctrlc", r, t) for r in range(args.runs) for t in args.targets]
+        plan += [("bulk", r, t) for r in range(args.runs) for t in args.targets if "bulk" in args.scenarios]
+        plan += [("ctrlc", r, t) for r in range(args.runs) for t in args.targets if "ctrlc" in args.scenarios]
         runs: dict[tuple, list[dict]] = {}
         for kind, n, target in plan:
             label = {"echo": f"echo, {n} session(s)", "bulk": f"bulk output, run {(n or 0) + 1}",
@@ -1041,6 +1147,7 @@ async def typist(session: Session, probe: EchoProbe, start: int, interval: int, 
 def report(bench: Bench, args) -> list[str]:
     res, targets = bench.results, args.targets
     pairs = [(label, a, b) for label, a, b in (("Clusterra/terminado", "clusterra", "terminado"),
+                                              ("Clusterra/ttyd", "clusterra", "ttyd"),
                                               ("SSM/local", "clusterra-ssm", "clusterra"))
              if a in targets and b in targets]
     ssm = "clusterra-ssm" in targets
@@ -1080,8 +1187,8 @@ def report(bench: Bench, args) -> list[str]:
             lambda r: f"{r['p50_ms']:.2f} / {r['p99_ms']:.2f} / {r['max_ms']:.1f}", n, ratio("p99_ms", "p99 "))
     if args.sessions:
         n = max(args.sessions)
-        row(f"  relay CPU % of a core, {n} sessions", "echo", num("relay_cpu_pct", ".0f"), n)
-        row(f"  relay RSS MB, {n} sessions", "echo", num("relay_rss_mb", ".0f"), n)
+        row(f"  relay CPU % of a core, {n} sessions", "echo", num("relay_cpu_pct", ".0f"), n, ratio("relay_cpu_pct", "CPU "))
+        row(f"  relay RSS MB, {n} sessions", "echo", num("relay_rss_mb", ".0f"), n, ratio("relay_rss_mb", "RSS "))
         if ssm:
             row(f"  SSM emulator (MGS + agent) CPU % of a core, {n} sessions", "echo", num("agent_cpu_pct", ".0f"), n)
         row(f"  client: CPU % / send lag p50, p99 ms, {n} sessions", "echo",
@@ -1110,6 +1217,17 @@ def targets_check(bench: Bench, args) -> list[tuple[str, str]]:
         checks.append(("n/a", "Clusterra echo p99 < 10 ms at 100 concurrent sessions (not measured)"))
     else:
         checks.append(("PASS" if r["p99_ms"] < 10 else "MISS", f"Clusterra echo p99 < 10 ms at 100 sessions: {r['p99_ms']:.2f} ms"))
+    if r is not None:
+        t, y = res["echo"][100].get("terminado"), res["echo"][100].get("ttyd")
+        if t is not None and r["relay_cpu_pct"] is not None and t["relay_cpu_pct"] is not None:
+            ok = r["relay_cpu_pct"] <= t["relay_cpu_pct"]
+            checks.append(("PASS" if ok else "MISS", f"Clusterra relay CPU ≤ terminado's at 100 sessions: "
+                           f"{r['relay_cpu_pct']:.0f} % vs {t['relay_cpu_pct']:.0f} % of a core "
+                           f"({r['relay_cpu_pct'] / max(t['relay_cpu_pct'], 0.01):.2f}×)"))
+        if y is not None:
+            ratio = r["p99_ms"] / y["p99_ms"]
+            checks.append(("PASS" if ratio <= 1.5 else "MISS", f"Clusterra echo p99 ≤ 1.5× ttyd's at 100 sessions: "
+                           f"{r['p99_ms']:.2f} vs {y['p99_ms']:.2f} ms ({ratio:.2f}×)"))
     c, d = res["bulk"].get("clusterra"), res["bulk"].get("terminado")
     if c is None or d is None:
         checks.append(("n/a", "Clusterra throughput ≥ 2× terminado (not measured)"))
@@ -1156,9 +1274,14 @@ def parse_args(argv=None):
     p.add_argument("--bulk-timeout", type=float, default=180, help="seconds the bulk output may take (default 180)")
     p.add_argument("--runs", type=int, default=3, help="runs of the bulk and Ctrl-C scenarios; the median is reported (default 3)")
     p.add_argument("--ctrlc-after", type=float, default=2, help="seconds `yes` runs before ^C (default 2)")
-    p.add_argument("--targets", default=",".join(ALL_TARGETS), help="any of raw,terminado,clusterra,clusterra-ssm (default all)")
+    p.add_argument("--targets", default=",".join(DEFAULT_TARGETS),
+                   help=f"any of {','.join(ALL_TARGETS)} (default {','.join(DEFAULT_TARGETS)})")
+    p.add_argument("--ttyd", metavar="PATH", help="the ttyd binary (default: ttyd on PATH)")
+    p.add_argument("--scenarios", default="echo,bulk,ctrlc", help="any of echo,bulk,ctrlc (default all)")
     p.add_argument("--scenario-timeout", type=float, default=300, help="upper bound for any one scenario (default 300 s)")
     p.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+    p.add_argument("--py-spy", metavar="DIR", help="profile daphne with py-spy during the largest echo scenario; "
+                   "collapsed stacks go to DIR")
     p.add_argument("--keep-data", action="store_true", help="keep the temporary data directory (logs, database, recordings)")
     args = p.parse_args(argv)
     try:
@@ -1168,6 +1291,9 @@ def parse_args(argv=None):
     if any(n < 1 for n in args.sessions):
         p.error("--sessions values must be at least 1")
     args.targets = [t.strip() for t in args.targets.split(",") if t.strip()]
+    args.scenarios = [t.strip() for t in args.scenarios.split(",") if t.strip()]
+    if not args.scenarios or any(t not in ("echo", "bulk", "ctrlc") for t in args.scenarios):
+        p.error("--scenarios takes a comma-separated subset of echo,bulk,ctrlc")
     if not args.targets or any(t not in ALL_TARGETS for t in args.targets):
         p.error(f"--targets takes a comma-separated subset of {','.join(ALL_TARGETS)}")
     if args.duration <= 0 or args.warmup < 0 or args.rate <= 0 or args.bulk_mib < 1 or args.ctrlc_after <= 0 or args.runs < 1:
@@ -1232,6 +1358,9 @@ def main(argv=None) -> int:
         with contextlib.suppress(Exception):
             mod = __import__(module)
             env_info[module] = getattr(mod, "__version__", getattr(mod, "version", "?"))
+    if "ttyd" in args.targets and (binary := args.ttyd or shutil.which("ttyd")):
+        with contextlib.suppress(Exception):
+            env_info["ttyd"] = subprocess.run([binary, "--version"], capture_output=True, text=True, timeout=10).stdout.split()[-1]
     servers = Servers(args)
     bench = None
     interrupted = False
@@ -1252,6 +1381,8 @@ def main(argv=None) -> int:
             bench.daphne_port = servers.start_daphne()
         if "terminado" in args.targets:
             bench.terminado_port = servers.start_terminado(argv_shell)
+        if "ttyd" in args.targets:
+            bench.ttyd_port = servers.start_ttyd(argv_shell)
         run_with_precise_timers(bench.run(), max(args.sessions, default=1))
     except KeyboardInterrupt:
         interrupted = True
@@ -1275,7 +1406,9 @@ def main(argv=None) -> int:
         f"Clusterra terminal benchmark — {time.strftime('%Y-%m-%d %H:%M:%S')}",
         f"CPU: {env_info['cpu']} × {env_info['cpus']}; Python {env_info['python']}; Linux {env_info['kernel']}; "
         f"daphne {env_info.get('daphne', '?')}, channels {env_info.get('channels', '?')}, Django {env_info.get('django', '?')}, "
-        f"terminado {env_info.get('terminado', '?')} (Tornado {env_info.get('tornado', '?')}), websockets {env_info['websockets']} client",
+        f"terminado {env_info.get('terminado', '?')} (Tornado {env_info.get('tornado', '?')}), "
+        + (f"ttyd {env_info.get('ttyd', '?')}, " if "ttyd" in args.targets else "")
+        + f"websockets {env_info['websockets']} client; load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}",
         f"Shell: {entry.pw_name} (uid {entry.pw_uid}), {entry.pw_shell} -l on a {COLS}x{ROWS} PTY; client TCP_NODELAY "
         + ", ".join(f"{TARGET_NAMES[t]} {v}" for t, v in bench.nodelay.items()),
         clusterra_settings(bench),
