@@ -12,6 +12,7 @@ import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
 from clusterra.env import env_bool, env_int, env_list, env_match, env_path, env_secret, env_str
+from clusterra.files import private_dir, private_file, read_or_create_secret
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -21,14 +22,8 @@ DEBUG = env_bool("CLUSTERRA_DEBUG", False)
 
 def _embedded_secret_key() -> str:
     """A random key kept in the data directory, so the embedded default needs no configuration."""
-    key_file = DATA_DIR / "secret_key"
-    if key_file.exists():
-        return key_file.read_text().strip()
-    DATA_DIR.mkdir(parents=True, exist_ok=True)
-    key = secrets.token_urlsafe(50)
-    key_file.touch(mode=0o600)
-    key_file.write_text(key)
-    return key
+    private_dir(DATA_DIR)
+    return read_or_create_secret(DATA_DIR / "secret_key", lambda: secrets.token_urlsafe(50))
 
 
 SECRET_KEY = env_secret("CLUSTERRA_SECRET_KEY") or _embedded_secret_key()
@@ -94,9 +89,20 @@ try:
 except Exception as exc:  # dj_database_url raises several types for a bad URL
     raise ImproperlyConfigured(f"CLUSTERRA_DATABASE_URL is not a valid database URL: {exc}") from None
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
-    # WAL lets the terminal's short writes and page reads proceed side by side.
-    DATABASES["default"]["OPTIONS"] = {"init_command": "PRAGMA journal_mode=WAL;", "timeout": 20}
-    DATA_DIR.mkdir(parents=True, exist_ok=True)
+    # Several processes write this file: the daphne workers and the Celery poller. WAL lets readers run beside
+    # the one writer. IMMEDIATE takes the write lock at BEGIN, so a transaction that reads and then writes
+    # (update_or_create) waits up to `timeout` seconds for it; in the default DEFERRED mode its upgrade to a
+    # write lock fails at once with "database is locked", whatever the timeout. Keep transactions short.
+    DATABASES["default"]["OPTIONS"] = {
+        "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+        "transaction_mode": "IMMEDIATE",
+        "timeout": 20,
+    }
+    _sqlite_file = str(DATABASES["default"]["NAME"])
+    if _sqlite_file and _sqlite_file != ":memory:" and not _sqlite_file.startswith("file:"):
+        # Made 0600 before Django's first connection would create it with the umask's mode.
+        private_dir(Path(_sqlite_file).parent)
+        private_file(Path(_sqlite_file))
 
 AUTH_USER_MODEL = "accounts.User"
 AUTHENTICATION_BACKENDS = [
@@ -142,6 +148,8 @@ STATICFILES_DIRS = [
 # Serve straight from the finders, so the embedded default needs no collectstatic step
 # (`manage.py collectstatic` into STATIC_ROOT still works for a proxy that serves files itself).
 WHITENOISE_USE_FINDERS = True
+if STATIC_ROOT.is_relative_to(DATA_DIR):
+    private_dir(DATA_DIR)
 STATIC_ROOT.mkdir(parents=True, exist_ok=True)
 
 _redis_url = env_str("CLUSTERRA_REDIS_URL")
@@ -171,6 +179,10 @@ POLL_LOCK_REDIS_URL = env_str("CLUSTERRA_POLL_LOCK_REDIS_URL", CELERY_BROKER_URL
 
 # --- Terminal ---------------------------------------------------------------------------------
 RECORDINGS_DIR = env_path("CLUSTERRA_RECORDINGS_DIR", DATA_DIR / "recordings")
+try:
+    private_dir(RECORDINGS_DIR)
+except OSError:
+    pass  # `manage.py check` names the problem (terminal.E002)
 TERMINAL_MIN_UID = env_int("CLUSTERRA_TERMINAL_MIN_UID", 1000, minimum=1)
 TERMINAL_HIGH_WATERMARK = env_int("CLUSTERRA_TERMINAL_HIGH_WATERMARK", 512 * 1024, minimum=64 * 1024)
 TERMINAL_LOW_WATERMARK = env_int("CLUSTERRA_TERMINAL_LOW_WATERMARK", 128 * 1024, minimum=1)
