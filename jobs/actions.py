@@ -59,13 +59,16 @@ def _options(account: ClusterAccount, request: SubmitRequest) -> tuple[slurm.Sub
 
 
 def _run(account: ClusterAccount, argv: list[str], *, stdin: bytes | None = None, env=None):
+    """Run argv as the user; slurm.SlurmUnavailable if Slurm itself does not answer (the caller's 503)."""
     try:
-        return executor_for(account.cluster).run(account, argv, stdin=stdin, env={**slurm.SLURM_ENV, **(env or {})},
-                                                 timeout=SUBMIT_TIMEOUT)
+        result = executor_for(account.cluster).run(account, argv, stdin=stdin, env={**slurm.SLURM_ENV, **(env or {})},
+                                                   timeout=SUBMIT_TIMEOUT)
     except CommandTooLarge as exc:
         raise JobActionError(str(exc), status=413) from None
     except ExecutorError as exc:
         raise JobActionError(str(exc), status=502) from None
+    slurm.check_reachable(account.cluster.name, result)
+    return result
 
 
 def sync_job(account: ClusterAccount, job_id: str) -> Job | None:
@@ -89,13 +92,12 @@ def slurm_id(record: dict[str, str]) -> str:
     return record.get("JobId", "")
 
 
-def _store(account: ClusterAccount, job_id: str, r: dict[str, str]) -> Job:
+def _store(account: ClusterAccount, job_id: str, r: dict[str, str]) -> Job | None:
     text = slurm._text
     code, _sig = slurm._exit_code(r.get("ExitCode", ""))
     user = r.get("UserId", "").split("(", 1)[0]
     fields = dict(
-        array_job_id=slurm._int(r.get("ArrayJobId", "")), array_task_id=text(r.get("ArrayTaskId", "")),
-        owner=account if user == account.posix_username else None, posix_user=user,
+        array_job_id=slurm._int(r.get("ArrayJobId", "")), array_task_id=text(r.get("ArrayTaskId", "")), posix_user=user,
         slurm_account=text(r.get("Account", "")), name=r.get("JobName", "")[:255], partition=text(r.get("Partition", "")),
         state=r.get("JobState", ""), reason=text(r.get("Reason", ""))[:255],
         submit_time=slurm.parse_epoch(r.get("SubmitTime", "")), start_time=slurm.parse_epoch(r.get("StartTime", "")),
@@ -105,10 +107,15 @@ def _store(account: ClusterAccount, job_id: str, r: dict[str, str]) -> Job:
         node_list=text(r.get("NodeList", ""))[:1024], work_dir=text(r.get("WorkDir", ""))[:4096],
         stdout_path=text(r.get("StdOut", ""))[:4096], stderr_path=text(r.get("StdErr", ""))[:4096],
         exit_code=code if r.get("JobState") not in ("PENDING", "RUNNING") else None, last_seen_at=timezone.now(),
+        poll_digest="",  # the next poll writes the row again from squeue
     )
     mem = r.get("MinMemoryNode") or r.get("MinMemoryCPU")
     if mem:
         fields["memory_mb"] = slurm.parse_memory_mb(mem)
+    if user == account.posix_username:
+        fields["owner"] = account
+    elif not Job.objects.filter(cluster=account.cluster, job_id=job_id).exists():
+        return None  # another user's job the cache does not hold (not of this tenant): never stored
     job, _ = Job.objects.update_or_create(cluster=account.cluster, job_id=job_id, defaults=fields)
     return job
 

@@ -1,7 +1,8 @@
 """REST API under /v1/ (django-ninja; OpenAPI at /v1/openapi.json, interactive docs at /v1/docs).
 
 Auth: the web session (with CSRF for writes) or `Authorization: Bearer ctk_…` personal tokens, which
-are scoped to one tenant. Everything of another tenant is a 404. Errors are JSON: {"detail": "..."}.
+are scoped to one tenant. Everything of another tenant is a 404. Errors are JSON: {"detail": "..."},
+and every status an operation can answer is declared in its `response` (tests/test_api.py checks it).
 """
 
 import base64
@@ -12,12 +13,13 @@ import pydantic
 from django.db.models import Q
 from django.http import Http404
 from ninja import ModelSchema, NinjaAPI, Query, Schema, Status
-from ninja.errors import HttpError
+from ninja.errors import AuthenticationError, HttpError, ValidationError
 from ninja.security import HttpBearer, SessionAuth
+from ninja.utils import check_csrf
 
 from accounts.services import authenticate_api_token
 from clusters.models import Cluster, ClusterAccount
-from jobs import actions, queries, validation
+from jobs import actions, queries, slurm, validation
 from jobs.models import Job, Partition
 
 MAX_TAIL_LINES = 10_000
@@ -25,6 +27,8 @@ MAX_TAIL_LINES = 10_000
 
 class TokenAuth(HttpBearer):
     def authenticate(self, request, token):
+        if "\x00" in token:
+            return None
         api_token = authenticate_api_token(token)
         if api_token is None:
             return None
@@ -33,8 +37,59 @@ class TokenAuth(HttpBearer):
         return api_token
 
 
-api = NinjaAPI(title="Clusterra API", version="1", urls_namespace="v1", auth=[TokenAuth(), SessionAuth()],
+def _has_bearer(request) -> bool:
+    return request.headers.get("Authorization", "").split(" ", 1)[0].lower() == "bearer"
+
+
+class BrowserSessionAuth(SessionAuth):
+    """The browser's sign-in cookie, CSRF-checked for writes.
+
+    Only a request that the session really authenticates is CSRF-checked: one carrying a Bearer token
+    is judged by the token alone, and one with no valid credentials at all is a 401 (ninja's own
+    SessionAuth checks CSRF first, so a bad token on a POST came back as 403 "CSRF check Failed").
+    """
+
+    def __call__(self, request):
+        if _has_bearer(request) or not request.user.is_authenticated:
+            return None
+        if not getattr(request, "_ninja_csrf_exempt", False) and check_csrf(request):
+            raise HttpError(403, "CSRF check failed: a signed-in browser must send the X-CSRFToken header "
+                                 "(scripts use an API token).")
+        return request.user
+
+
+api = NinjaAPI(title="Clusterra API", version="1", urls_namespace="v1", auth=[TokenAuth(), BrowserSessionAuth()],
                openapi_url="/openapi.json", docs_url="/docs")
+
+
+@api.exception_handler(AuthenticationError)
+def _unauthorized(request, exc):
+    response = api.create_response(
+        request, {"detail": "Not signed in: send Authorization: Bearer <API token> (this one is missing, wrong, "
+                            "expired or revoked) or sign in."}, status=401)
+    response["WWW-Authenticate"] = 'Bearer realm="clusterra"'
+    return response
+
+
+@api.exception_handler(ValidationError)
+def _invalid_request(request, exc):
+    """Requests that do not fit the schema: 400 like every other bad request, one line per field."""
+    problems = []
+    for error in exc.errors:
+        # loc is ("body"|"query"|"path", [parameter name,] field...): keep the field's own path.
+        loc = [str(part) for part in error.get("loc", ()) if part not in ("body", "query", "path", "payload", "filters")]
+        problems.append((".".join(loc) or "request", error.get("msg", "invalid")))
+    body = {"detail": "; ".join(f"{field}: {message}" for field, message in problems) or "The request is not valid."}
+    if problems:
+        body["field"] = problems[0][0]
+    return api.create_response(request, body, status=400)
+
+
+@api.exception_handler(slurm.SlurmUnavailable)
+def _slurm_unavailable(request, exc):
+    response = api.create_response(request, {"detail": str(exc)}, status=503)
+    response["Retry-After"] = "30"
+    return response
 
 
 @api.exception_handler(validation.JobRequestError)
@@ -64,6 +119,12 @@ def get_cluster(request, cluster_id: int) -> Cluster:
     if cluster is None:
         raise Http404("No such cluster.")
     return cluster
+
+
+def get_job(request, cluster: Cluster, job_id: str) -> Job:
+    if "\x00" in job_id:  # no job has one, and PostgreSQL cannot compare with it
+        raise Http404("No such job.")
+    return queries.job_for(request.user, cluster, job_id)
 
 
 def active_account(request, cluster: Cluster) -> ClusterAccount:
@@ -141,6 +202,13 @@ class JobFilters(Schema):
     cursor: str | None = None
     limit: int = 50
 
+    @pydantic.field_validator("state", "partition", "name", "user", "cursor")
+    @classmethod
+    def _no_nul(cls, value):
+        if value is not None and "\x00" in value:  # PostgreSQL cannot even compare with a NUL
+            raise ValueError("must not contain NUL characters")
+        return value
+
 
 class OutputOut(Schema):
     job_id: str
@@ -151,10 +219,16 @@ class OutputOut(Schema):
 
 class ErrorOut(Schema):
     detail: str
+    field: str | None = None  # the request field at fault, for a 400
+
+
+def errors(*codes: int) -> dict:
+    """Response declarations for the error statuses an operation can answer; every one has 401."""
+    return {code: ErrorOut for code in sorted({401, *codes})}
 
 
 # --- endpoints -----------------------------------------------------------------------------------
-@api.get("/clusters", response=list[ClusterOut], summary="Clusters you can see")
+@api.get("/clusters", response={200: list[ClusterOut], **errors()}, summary="Clusters you can see")
 def list_clusters(request):
     accounts = {a.cluster_id: a for a in ClusterAccount.objects.filter(user=request.user)}
     return [
@@ -164,13 +238,13 @@ def list_clusters(request):
     ]
 
 
-@api.get("/clusters/{cluster_id}/partitions", response={200: list[PartitionOut], 404: ErrorOut},
+@api.get("/clusters/{cluster_id}/partitions", response={200: list[PartitionOut], **errors(400, 404)},
          summary="Partitions with idle/allocated nodes and CPUs (as of the last poll)")
 def list_partitions(request, cluster_id: int):
     return list(Partition.objects.filter(cluster=get_cluster(request, cluster_id)))
 
 
-@api.post("/clusters/{cluster_id}/jobs", response={201: JobOut, 400: ErrorOut, 403: ErrorOut, 404: ErrorOut},
+@api.post("/clusters/{cluster_id}/jobs", response={201: JobOut, **errors(400, 403, 404, 413, 502, 503)},
           summary="Submit a job (script_path preferred)")
 def submit(request, cluster_id: int, payload: SubmitIn):
     cluster = get_cluster(request, cluster_id)
@@ -200,7 +274,7 @@ def _after_cursor(jobs, cursor: str):
     return jobs.filter(Q(submit_time__lt=when) | Q(submit_time=when, pk__lt=pk) | Q(submit_time__isnull=True))
 
 
-@api.get("/clusters/{cluster_id}/jobs", response={200: JobPage, 400: ErrorOut, 404: ErrorOut}, summary="List jobs (newest first)")
+@api.get("/clusters/{cluster_id}/jobs", response={200: JobPage, **errors(400, 403, 404)}, summary="List jobs (newest first)")
 def list_jobs(request, cluster_id: int, filters: Query[JobFilters]):
     cluster = get_cluster(request, cluster_id)
     if not 1 <= filters.limit <= 500:
@@ -216,24 +290,25 @@ def list_jobs(request, cluster_id: int, filters: Query[JobFilters]):
     return {"items": page[: filters.limit], "next_cursor": next_cursor}
 
 
-@api.get("/clusters/{cluster_id}/jobs/{job_id}", response={200: JobOut, 404: ErrorOut}, summary="One job")
+@api.get("/clusters/{cluster_id}/jobs/{job_id}", response={200: JobOut, **errors(400, 404)}, summary="One job")
 def job_detail(request, cluster_id: int, job_id: str):
-    return queries.job_for(request.user, get_cluster(request, cluster_id), job_id)
+    return get_job(request, get_cluster(request, cluster_id), job_id)
 
 
-@api.delete("/clusters/{cluster_id}/jobs/{job_id}", response={200: JobOut, 403: ErrorOut, 404: ErrorOut}, summary="Cancel a job")
+@api.delete("/clusters/{cluster_id}/jobs/{job_id}", response={200: JobOut, **errors(400, 403, 404, 502, 503)},
+            summary="Cancel a job")
 def cancel(request, cluster_id: int, job_id: str):
     cluster = get_cluster(request, cluster_id)
-    job = queries.job_for(request.user, cluster, job_id)
+    job = get_job(request, cluster, job_id)
     account = active_account(request, cluster)
     return actions.cancel_job(account, job, actor=request.user, client_address=request.META.get("REMOTE_ADDR"))
 
 
-@api.get("/clusters/{cluster_id}/jobs/{job_id}/output", response={200: OutputOut, 400: ErrorOut, 404: ErrorOut},
+@api.get("/clusters/{cluster_id}/jobs/{job_id}/output", response={200: OutputOut, **errors(400, 403, 404, 502, 503)},
          summary="The last lines of the job's standard output")
 def job_output(request, cluster_id: int, job_id: str, tail: int = 100):
     cluster = get_cluster(request, cluster_id)
-    job = queries.job_for(request.user, cluster, job_id)
+    job = get_job(request, cluster, job_id)
     account = active_account(request, cluster)
     if not 1 <= tail <= MAX_TAIL_LINES:
         raise HttpError(400, f"tail must be from 1 to {MAX_TAIL_LINES}.")

@@ -18,6 +18,42 @@ class SlurmParseError(ValueError):
     pass
 
 
+# --- "Slurm is down" -------------------------------------------------------------------------------
+SLURM_COMMANDS = frozenset({"squeue", "sbatch", "scancel", "scontrol", "sacct", "sinfo"})
+# What the Slurm clients print when slurmctld (or, for sacct, slurmdbd) does not answer: stopped,
+# restarting, hung or unreachable. Clients retry the connection for a while (MessageTimeout) first.
+_UNREACHABLE = re.compile(
+    r"Unable to contact slurm controller|Connection refused|Socket timed out|Zero Bytes were transmitted"
+    r"|Unable to connect to database|Connection timed out|Transport endpoint is not connected",
+    re.IGNORECASE,
+)
+
+
+class SlurmUnavailable(Exception):
+    """Slurm itself did not answer (slurmctld down or unreachable): not the user's fault, retry later."""
+
+    def __init__(self, cluster_name: str, cause: str):
+        self.cluster_name, self.cause = cluster_name, cause
+        super().__init__(f"Slurm on {cluster_name} is not answering (slurmctld unreachable: {cause})")
+
+
+def unreachable_cause(argv, returncode: int, stderr: bytes) -> str | None:
+    """The line of a failed Slurm command's stderr that says the controller is unreachable, if any."""
+    if returncode == 0 or not argv or argv[0] not in SLURM_COMMANDS:
+        return None
+    for line in decode(stderr).splitlines():
+        if _UNREACHABLE.search(line):
+            return line.strip()[:300]
+    return None
+
+
+def check_reachable(cluster_name: str, result) -> None:
+    """Raise SlurmUnavailable if `result` (an executor CommandResult) failed because Slurm is down."""
+    cause = unreachable_cause(result.argv, result.returncode, result.stderr)
+    if cause is not None:
+        raise SlurmUnavailable(cluster_name, cause)
+
+
 # --- small field parsers ------------------------------------------------------------------------
 def _text(value: str) -> str:
     return "" if value in _NULLS else value

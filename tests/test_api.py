@@ -178,3 +178,169 @@ def test_partitions(api):
     assert [(p["name"], p["is_default"]) for p in partitions] == [("debug", True), ("batch", False)]
     assert partitions[0]["cpus_total"] >= 1 and partitions[0]["time_limit"] == 7200
     assert api.client.get(f"/v1/clusters/{api.hpc.pk}/partitions", **bearer(api.charlie_token)).status_code == 404
+
+
+# --- auth status, error bodies and the OpenAPI document (issue 8 §7) ------------------------------
+def _expired_and_revoked(api) -> list[str]:
+    expired, expired_text = create_api_token(user=api.bob, tenant=api.acme, name="expired")
+    ApiToken.objects.filter(pk=expired.pk).update(expires_at=timezone.now() - timedelta(seconds=1))
+    revoked, revoked_text = create_api_token(user=api.bob, tenant=api.acme, name="revoked")
+    revoke_api_token(revoked, actor=api.alice)
+    return [expired_text, revoked_text]
+
+
+@pytest.mark.parametrize("method", ["post", "delete"])
+def test_writes_with_bad_or_no_credentials_are_401_not_a_csrf_403(api, method):
+    url = api.jobs_url if method == "post" else f"{api.jobs_url}/1"
+    client = Client(enforce_csrf_checks=True)
+    headers = [{}, bearer("garbage"), bearer("ctk_nope_nope"), bearer("ctk_a\x00b_c")]
+    headers += [bearer(text) for text in _expired_and_revoked(api)]
+    for extra in headers:
+        response = getattr(client, method)(url, {"script": "#!/bin/sh\ntrue\n"}, content_type="application/json", **extra)
+        assert response.status_code == 401, (extra, response.content)
+        assert response.json()["detail"].startswith("Not signed in") and response["WWW-Authenticate"].startswith("Bearer")
+    # A request with a Bearer token is judged by the token alone, even from a signed-in browser.
+    client.force_login(api.bob)
+    response = getattr(client, method)(url, {"script": "#!/bin/sh\ntrue\n"}, content_type="application/json",
+                                       **bearer("ctk_nope_nope"))
+    assert response.status_code == 401, response.content
+
+
+def test_a_signed_in_browser_is_still_csrf_checked(api):
+    client = Client(enforce_csrf_checks=True)
+    client.force_login(api.bob)
+    refused = client.post(api.jobs_url, {"script": "#!/bin/sh\ntrue\n", "partition": "nosuch"}, content_type="application/json")
+    assert refused.status_code == 403 and "CSRF" in refused.json()["detail"]
+    assert client.delete(f"{api.jobs_url}/1").status_code == 403
+    client.get("/")  # sets the CSRF cookie
+    token = client.cookies["csrftoken"].value
+    accepted = client.post(api.jobs_url, {"script": "#!/bin/sh\ntrue\n", "partition": "nosuch"},
+                           content_type="application/json", HTTP_X_CSRFTOKEN=token)
+    # Past the CSRF check and the session: Slurm's own refusal.
+    assert accepted.status_code == 400 and "Invalid partition name specified" in accepted.json()["detail"]
+
+
+@pytest.mark.parametrize("method, url, body, detail, field", [
+    ("post", "/v1/clusters/{pk}/jobs", {"script": "#!/bin/sh\n", "nodes": "many"}, "nodes: Input should be a valid integer", "nodes"),
+    ("post", "/v1/clusters/{pk}/jobs", {"script": "#!/bin/sh\n", "environment": {"A": 1}}, "environment.A: Input should be a valid string", "environment.A"),
+    ("post", "/v1/clusters/{pk}/jobs", "[1, 2", "", None),
+    ("get", "/v1/clusters/{pk}/jobs?limit=ten", None, "limit: Input should be a valid integer", "limit"),
+    ("get", "/v1/clusters/{pk}/jobs?state=R%00", None, "state: Value error, must not contain NUL", "state"),
+    ("get", "/v1/clusters/abc/jobs", None, "cluster_id: Input should be a valid integer", "cluster_id"),
+    ("get", "/v1/clusters/{pk}/jobs/1/output?tail=x", None, "tail: Input should be a valid integer", "tail"),
+])
+def test_requests_that_do_not_fit_the_schema_are_400_with_one_detail_line(api, method, url, body, detail, field):
+    url = url.format(pk=api.hpc.pk)
+    kwargs = {"content_type": "application/json"} if method == "post" else {}
+    response = getattr(api.client, method)(url, body, **kwargs, **bearer(api.bob_token)) if body is not None else \
+        getattr(api.client, method)(url, **bearer(api.bob_token))
+    assert response.status_code == 400, response.content
+    assert isinstance(response.json()["detail"], str) and response.json()["detail"].startswith(detail)
+    if field:
+        assert response.json()["field"] == field
+
+
+# Every status each operation answers, and the test that makes it answer so: this module
+# (test_every_documented_status_is_answered) unless named.
+EXPECTED_STATUSES = {
+    ("get", "/v1/clusters"): {200, 401},
+    ("get", "/v1/clusters/{cluster_id}/partitions"): {200, 400, 401, 404},
+    ("post", "/v1/clusters/{cluster_id}/jobs"): {201, 400, 401, 403, 404, 413, 502, 503},
+    ("get", "/v1/clusters/{cluster_id}/jobs"): {200, 400, 401, 403, 404},
+    ("get", "/v1/clusters/{cluster_id}/jobs/{job_id}"): {200, 400, 401, 404},
+    ("delete", "/v1/clusters/{cluster_id}/jobs/{job_id}"): {200, 400, 401, 403, 404, 502, 503},
+    ("get", "/v1/clusters/{cluster_id}/jobs/{job_id}/output"): {200, 400, 401, 403, 404, 502, 503},
+}
+ANSWERED_ELSEWHERE = {
+    413: "tests/test_ssm_executor.py::test_api_submit_of_an_inline_script_too_big_for_ssm_is_413",
+    503: "tests/test_slurm_down.py (slurmctld stopped)",
+}
+
+
+def test_openapi_lists_every_status_with_the_error_schema(api):
+    document = api.client.get("/v1/openapi.json").json()
+    seen = {}
+    for path, operations in document["paths"].items():
+        for method, operation in operations.items():
+            responses = operation["responses"]
+            seen[(method, path)] = {int(code) for code in responses}
+            for code, response in responses.items():
+                if int(code) >= 400:
+                    schema = response["content"]["application/json"]["schema"]
+                    assert schema == {"$ref": "#/components/schemas/ErrorOut"}, (method, path, code)
+    assert seen == EXPECTED_STATUSES
+    error = document["components"]["schemas"]["ErrorOut"]
+    assert error["required"] == ["detail"] and set(error["properties"]) == {"detail", "field"}
+
+
+def test_every_documented_status_is_answered(api, posix_user):
+    """Each (operation, status) of EXPECTED_STATUSES, made to happen for real (except ANSWERED_ELSEWHERE)."""
+    from clusters.services import map_account
+
+    c = api
+    tok = bearer(c.bob_token)
+    script = write_script(c.bob_account, "api-status.sh", "#!/bin/bash\nsleep 120\n")
+    job = c.client.post(c.jobs_url, {"script_path": script, "time_limit": "5"}, content_type="application/json", **tok)
+    job_url = f"{c.jobs_url}/{job.json()['job_id']}"
+    csrf_client = Client(enforce_csrf_checks=True)
+    csrf_client.force_login(c.bob)
+    _, rita_token = create_api_token(user=c.rita, tenant=c.acme, name="test")  # her account is revoked
+    for job_id, owner in (("4242424", c.hpc.accounts.get(user=c.rita)), ("4242425", c.bob_account)):  # unknown to Slurm
+        Job.objects.create(cluster=c.hpc, job_id=job_id, owner=owner, posix_user=c.posix.pw_name, state="COMPLETED",
+                           last_seen_at=timezone.now())
+    wait_for_state(c.hpc, job.json()["job_id"], {"RUNNING"})  # its output file exists from now on
+    cases = {
+        ("get", "/v1/clusters"): {200: lambda: c.client.get("/v1/clusters", **tok), 401: lambda: c.client.get("/v1/clusters")},
+        ("get", "/v1/clusters/{cluster_id}/partitions"): {
+            200: lambda: c.client.get(f"/v1/clusters/{c.hpc.pk}/partitions", **tok),
+            400: lambda: c.client.get("/v1/clusters/x/partitions", **tok),
+            401: lambda: c.client.get(f"/v1/clusters/{c.hpc.pk}/partitions"),
+            404: lambda: c.client.get(f"/v1/clusters/{c.other_hpc.pk}/partitions", **tok)},
+        ("post", "/v1/clusters/{cluster_id}/jobs"): {
+            201: lambda: job,
+            400: lambda: c.client.post(c.jobs_url, {"script": "no shebang"}, content_type="application/json", **tok),
+            401: lambda: c.client.post(c.jobs_url, {"script": "#!/bin/sh\n"}, content_type="application/json"),
+            403: lambda: csrf_client.post(c.jobs_url, {"script": "#!/bin/sh\n"}, content_type="application/json"),
+            404: lambda: c.client.post(f"/v1/clusters/{c.other_hpc.pk}/jobs", {}, content_type="application/json", **tok)},
+        ("get", "/v1/clusters/{cluster_id}/jobs"): {
+            200: lambda: c.client.get(c.jobs_url, **tok),
+            400: lambda: c.client.get(f"{c.jobs_url}?limit=0", **tok),
+            401: lambda: c.client.get(c.jobs_url),
+            403: lambda: c.client.get(f"{c.jobs_url}?user=root", **tok),
+            404: lambda: c.client.get(f"/v1/clusters/{c.other_hpc.pk}/jobs", **tok)},
+        ("get", "/v1/clusters/{cluster_id}/jobs/{job_id}"): {
+            200: lambda: c.client.get(job_url, **tok),
+            400: lambda: c.client.get("/v1/clusters/x/jobs/1", **tok),
+            401: lambda: c.client.get(job_url),
+            404: lambda: c.client.get(f"{c.jobs_url}/1%00", **tok)},
+        ("get", "/v1/clusters/{cluster_id}/jobs/{job_id}/output"): {
+            200: lambda: c.client.get(f"{job_url}/output", **tok),
+            400: lambda: c.client.get(f"{job_url}/output?tail=0", **tok),
+            401: lambda: c.client.get(f"{job_url}/output"),
+            403: lambda: c.client.get(f"{c.jobs_url}/4242424/output", **bearer(rita_token)),
+            404: lambda: c.client.get(f"{c.jobs_url}/99999999/output", **tok)},
+        ("delete", "/v1/clusters/{cluster_id}/jobs/{job_id}"): {
+            401: lambda: c.client.delete(job_url),
+            403: lambda: csrf_client.delete(job_url),
+            404: lambda: c.client.delete(f"{c.jobs_url}/99999999", **tok),
+            400: lambda: c.client.delete("/v1/clusters/x/jobs/1", **tok),
+            200: lambda: c.client.delete(job_url, **tok)},
+    }
+    for operation, by_status in cases.items():
+        for status, make in by_status.items():
+            response = make()
+            assert response.status_code == status, (operation, status, response.content)
+            if status >= 400:
+                assert set(response.json()) <= {"detail", "field"}
+    # 502: the executor cannot run the command at all (the mapped POSIX user does not exist on the head node).
+    map_account(cluster=c.hpc, user=c.bob, posix_username="clusterra-nosuch", uid=4243)
+    unrunnable = {
+        ("post", "/v1/clusters/{cluster_id}/jobs"): c.client.post(c.jobs_url, {"script": "#!/bin/sh\n"}, content_type="application/json", **tok),
+        ("delete", "/v1/clusters/{cluster_id}/jobs/{job_id}"): c.client.delete(f"{c.jobs_url}/4242425", **tok),
+        ("get", "/v1/clusters/{cluster_id}/jobs/{job_id}/output"): c.client.get(f"{job_url}/output", **tok),
+    }
+    for operation, response in unrunnable.items():
+        assert response.status_code == 502, (operation, response.content)
+    answered = {(op, s) for op, by_status in cases.items() for s in by_status} | {(op, 502) for op in unrunnable}
+    expected = {(op, s) for op, statuses in EXPECTED_STATUSES.items() for s in statuses if s not in ANSWERED_ELSEWHERE}
+    assert answered == expected
