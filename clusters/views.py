@@ -4,7 +4,7 @@ from django.shortcuts import render
 from accounts.models import Membership
 from accounts.tenancy import get_visible_or_404
 from clusters.models import Cluster, ClusterAccount
-from jobs.models import Partition
+from jobs.models import Partition, QueueSummary
 from terminal.models import TerminalSession
 
 
@@ -23,5 +23,6 @@ def cluster_detail(request, tenant_slug, cluster_slug):
     account = ClusterAccount.objects.filter(cluster=cluster, user=request.user).first()
     sessions = TerminalSession.objects.filter(cluster=cluster, user=request.user)[:20]
     partitions = Partition.objects.filter(cluster=cluster)
+    summary = QueueSummary.objects.filter(cluster=cluster).first()
     return render(request, "clusters/detail.html", {"cluster": cluster, "tenant": cluster.tenant, "account": account,
-                                                    "sessions": sessions, "partitions": partitions})
+                                                    "sessions": sessions, "partitions": partitions, "summary": summary})

@@ -35,7 +35,10 @@ class Job(models.Model):
     stderr_path = models.CharField(max_length=4096, blank=True)
     exit_code = models.IntegerField(null=True, blank=True)
     in_queue = models.BooleanField(default=True, help_text="Still listed by squeue at the last poll.")
-    last_seen_at = models.DateTimeField()
+    last_seen_at = models.DateTimeField(help_text="When a poll or a job action last wrote what Slurm said. A poll leaves rows "
+                                        "that did not change alone: the time of the last poll is QueueSummary.polled_at.")
+    poll_digest = models.CharField(max_length=16, blank=True, editable=False,
+                                   help_text="Digest of the fields the last poll wrote; empty after anything else wrote the row.")
 
     objects = scoped_queryset("cluster__tenant").as_manager()
 
@@ -77,3 +80,22 @@ class Partition(models.Model):
 
     def __str__(self):
         return self.name
+
+
+class QueueSummary(models.Model):
+    """The last poll of a cluster's queue as a whole.
+
+    Jobs of POSIX users who have no account on the cluster (another tenant's people on a shared Slurm)
+    are not stored as Job rows; only how many there are per partition and state, here.
+    """
+
+    cluster = models.OneToOneField("clusters.Cluster", on_delete=models.CASCADE, related_name="queue_summary")
+    polled_at = models.DateTimeField()
+    jobs_in_queue = models.PositiveIntegerField(default=0, help_text="Jobs of the cluster's mapped users in squeue.")
+    other_jobs = models.PositiveIntegerField(default=0, help_text="Jobs of everyone else in squeue (not in this tenant).")
+    other_counts = models.JSONField(default=list, blank=True, help_text='[{"partition": …, "state": …, "jobs": n}, …]')
+
+    objects = scoped_queryset("cluster__tenant").as_manager()
+
+    def __str__(self):
+        return f"{self.cluster} at {self.polled_at:%Y-%m-%d %H:%M:%S}"

@@ -1,7 +1,8 @@
 """Reading the job cache for a user, in one place for the API and the pages.
 
-Members see their own jobs; tenant admins see every job of their tenant's clusters. A job the user
-may not see does not exist for them (404).
+Members see their own jobs; tenant admins see the jobs of every user mapped on the cluster (its
+ClusterAccount rows), never those of people outside the tenant who share the Slurm (the poller does not
+store those; jobs.models.QueueSummary counts them). A job the user may not see does not exist for them (404).
 """
 
 from django.db.models import F, QuerySet
@@ -24,7 +25,7 @@ def visible_jobs(user, cluster: Cluster, *, every_user: bool) -> QuerySet:
     """`every_user` is honoured for tenant admins only; everyone else gets their own jobs."""
     jobs = Job.objects.filter(cluster=cluster)
     if every_user and is_tenant_admin(user, cluster):
-        return jobs
+        return jobs.filter(owner__isnull=False)
     return jobs.filter(owner__user=user)
 
 

@@ -11,7 +11,7 @@ from accounts.tenancy import get_visible_or_404
 from clusters.models import Cluster, ClusterAccount
 from jobs import actions, queries, validation
 from jobs.forms import SubmitForm
-from jobs.models import Partition
+from jobs.models import Partition, QueueSummary
 
 PAGE_SIZE = 100
 
@@ -41,6 +41,8 @@ def job_list(request, tenant_slug, cluster_slug):
     context = {
         "cluster": cluster, "tenant": cluster.tenant, "account": account, "is_admin": is_admin, "scope": scope,
         "filters": filters, "jobs": jobs.order_by(*queries.NEWEST_FIRST)[:PAGE_SIZE], "query": request.GET.urlencode(),
+        # Jobs of people outside the tenant are not listed, only counted.
+        "summary": QueueSummary.objects.filter(cluster=cluster).first() if scope == "all" else None,
     }
     template = "jobs/_job_table.html" if request.headers.get("HX-Request") else "jobs/job_list.html"
     return render(request, template, context)
