@@ -2,28 +2,28 @@
 
 import logging
 
-import redis
 from celery import shared_task
-from django.conf import settings
 
 from clusters.models import Cluster
-from jobs.services import PollError, refresh_jobs, refresh_partitions
+from jobs import pollstate, slurm
+from jobs.services import POLL_TIMEOUT, PollError, refresh_jobs, refresh_partitions
 
 logger = logging.getLogger(__name__)
 
 
 def _redis():
-    return redis.Redis.from_url(settings.POLL_LOCK_REDIS_URL, socket_timeout=5, socket_connect_timeout=5)
+    return pollstate.client()
 
 
 def claim_poll(cluster: Cluster, client=None) -> bool:
     """True for exactly one caller per cluster per interval, across every worker.
 
-    The key expires after the cluster's interval, so it is both the lock and the "due" marker: a
+    The key expires after the cluster's interval (after a failed poll: the back-off delay, see
+    jobs.pollstate), so it is both the lock and the "due" marker: a
     slow poll never overlaps the next one, and no cluster is polled more often than configured.
     """
     client = client or _redis()
-    return bool(client.set(f"clusterra:poll:{cluster.pk}", "1", nx=True, ex=cluster.poll_interval))
+    return bool(client.set(pollstate.DUE_KEY.format(cluster.pk), "1", nx=True, ex=cluster.poll_interval))
 
 
 @shared_task(ignore_result=True)
@@ -42,11 +42,25 @@ def poll_cluster(cluster_id: int) -> None:
     cluster = Cluster.objects.filter(pk=cluster_id).first()
     if cluster is None:
         return
+    conn = _redis()
+    # One poll of a cluster at a time: while slurmctld is down each Slurm command takes ~10 s, longer
+    # than a short interval, and the polls beat queued meanwhile would pile up behind it.
+    running = f"clusterra:poll-running:{cluster.pk}"
+    if not conn.set(running, "1", nx=True, ex=POLL_TIMEOUT + 30):
+        return
+    try:
+        _poll(cluster, conn)
+    finally:
+        conn.delete(running)
+
+
+def _poll(cluster: Cluster, conn) -> None:
     try:
         result = refresh_jobs(cluster)
         refresh_partitions(cluster)
-    except PollError as exc:
-        logger.warning("poll of cluster %s failed: %s", cluster.slug, exc)
+    except (PollError, slurm.SlurmUnavailable) as exc:
+        pollstate.record_failure(cluster, str(exc), conn)  # backs off; logs the first failure of an outage only
         return
+    pollstate.record_success(cluster, conn)  # logs the recovery after an outage
     logger.info("polled %s: %d jobs in queue, %d left, squeue %.3f s", cluster.slug, result.jobs_in_queue,
                 result.jobs_left_queue, result.squeue_seconds)

@@ -6,6 +6,7 @@
 #   scripts/slurm-local.sh status    daemons and sinfo; exit 0 if the cluster is usable
 #   scripts/slurm-local.sh selftest  submit/complete/sacct/permission checks as user slurm-selftest
 #   scripts/slurm-local.sh reset     stop, wipe the job state and the accounting DB, up
+#   scripts/slurm-local.sh stop-ctld   stop only slurmctld (outage tests); start-ctld starts it again
 # Knobs: SLURM_LOCAL_CPUS (8), SLURM_LOCAL_MEM_MB (8192), SLURM_LOCAL_DB_PASS (test-only password).
 # See docs/slurm-local.md.
 set -euo pipefail
@@ -443,6 +444,22 @@ cmd_stop() {
   say "stopped ($(elapsed))"
 }
 
+# An outage of the controller alone, for tests: slurmd, slurmdbd and running jobs carry on.
+cmd_stop_ctld() {
+  need_root; lock
+  local pid
+  if ! our_pid slurmctld >/dev/null && pid=$(any_pid slurmctld); then
+    die "slurmctld (pid $pid) was not started by slurm-local; not stopping it"
+  fi
+  stop_ours slurmctld
+}
+cmd_start_ctld() {
+  need_root; lock
+  start_slurmctld
+  wait_for 30 node_ready || die_daemon slurmctld "node localhost is '$(node_state || echo '?')' after slurmctld came back"
+  say "slurmctld is back ($(elapsed))"
+}
+
 cmd_status() {
   local rc=0 n pid
   echo "daemons:"
@@ -566,5 +583,7 @@ case ${1:-} in
   status) cmd_status ;;
   selftest) cmd_selftest ;;
   reset) cmd_reset ;;
-  *) sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2 ;;
+  stop-ctld) cmd_stop_ctld ;;
+  start-ctld) cmd_start_ctld ;;
+  *) sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2 ;;
 esac
