@@ -65,7 +65,6 @@ def refresh_jobs(cluster: Cluster) -> PollResult:
     except ExecutorError as exc:
         raise PollError(str(exc)) from None
     slurm.check_reachable(cluster.name, result)
-    slurm.check_reachable(cluster.name, result)
     if not result.ok:
         raise PollError(f"squeue failed: {result.error_text()}")
     queued = slurm.parse_squeue(result.stdout)
@@ -163,7 +162,6 @@ def refresh_partitions(cluster: Cluster) -> int:
         result = executor_for(cluster).run(poll_account(cluster), slurm.sinfo_argv(), env=slurm.SLURM_ENV, timeout=POLL_TIMEOUT)
     except ExecutorError as exc:
         raise PollError(str(exc)) from None
-    slurm.check_reachable(cluster.name, result)
     slurm.check_reachable(cluster.name, result)
     if not result.ok:
         raise PollError(f"sinfo failed: {result.error_text()}")
