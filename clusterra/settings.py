@@ -155,7 +155,16 @@ STATIC_ROOT.mkdir(parents=True, exist_ok=True)
 _redis_url = env_str("CLUSTERRA_REDIS_URL")
 if _redis_url:
     CHANNEL_LAYERS = {
-        "default": {"BACKEND": "channels_redis.core.RedisChannelLayer", "CONFIG": {"hosts": [_redis_url]}}
+        "default": {"BACKEND": "channels_redis.core.RedisChannelLayer", "CONFIG": {"hosts": [{
+            "address": _redis_url,
+            # channels_redis waits for messages with BZPOPMIN 5 s; redis-py 8 gives every read a 5 s
+            # socket_timeout by default, so a quiet channel's read timed out and killed its consumer
+            # (redis/redis-py#4091). Reads may take longer than that wait; a dead server is still noticed.
+            "socket_timeout": 15,
+            "socket_connect_timeout": 5,
+            "socket_keepalive": True,
+            "health_check_interval": 30,
+        }]}}
     }
 else:
     # One process only: revocation reaches the sessions of this process. Production sets Redis.
