@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs the system packages Clusterra needs, from Debian's/Ubuntu's repositories.
 #   scripts/system-deps.sh demo   python3-venv, Node.js/npm, util-linux (runuser, setsid)
-#   scripts/system-deps.sh test   the same plus Chromium for the browser tests
+#   scripts/system-deps.sh test   the same plus Chromium for the browser tests and nginx for the topology tests
+#   scripts/system-deps.sh prod   the same as demo plus nginx (scripts/prod-local.sh)
 # Needs root to install; without root it only reports what is missing.
 set -euo pipefail
 mode=${1:-demo}
@@ -12,6 +13,10 @@ command -v npm >/dev/null || missing+=(npm)
 command -v setsid >/dev/null && command -v runuser >/dev/null || missing+=(util-linux)
 command -v useradd >/dev/null || missing+=(passwd)
 command -v redis-server >/dev/null || missing+=(redis-server)  # Celery broker and the poller's locks
+if [ "$mode" = test ] || [ "$mode" = prod ]; then
+  # Debian's nginx, run by scripts/prod-local.sh as a private instance (its system service is not used).
+  command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || missing+=(nginx)
+fi
 if [ "$mode" = test ]; then
   command -v chromium >/dev/null || missing+=(chromium)
   command -v pg_isready >/dev/null || missing+=(postgresql-client)
