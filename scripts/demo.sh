@@ -11,6 +11,10 @@ else
   echo "Not root: skipping the local Slurm (run scripts/slurm-local.sh up as root to add it)."
 fi
 export DJANGO_SETTINGS_MODULE=clusterra.settings
+# Redis runs anyway (Celery's broker, database 0), so the channel layer uses it too, on a database of its
+# own, as production does: what the demo shows is the multi-process path (revocation through Redis).
+export CLUSTERRA_CELERY_BROKER_URL=${CLUSTERRA_CELERY_BROKER_URL:-redis://127.0.0.1:6379/0}
+export CLUSTERRA_REDIS_URL=${CLUSTERRA_REDIS_URL:-redis://127.0.0.1:6379/1}
 py=.venv/bin/python
 $py manage.py check --fail-level ERROR
 $py manage.py migrate --noinput -v0
