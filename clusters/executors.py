@@ -13,8 +13,6 @@ import math
 import os
 import re
 import shlex
-import signal
-import subprocess
 import time
 from dataclasses import dataclass
 from urllib.parse import unquote, urlparse
@@ -26,10 +24,13 @@ from django.core.exceptions import ValidationError
 from clusters import aws
 from clusters.models import Cluster, ClusterAccount, posix_username_validator
 from clusters.posix import PosixAccountError, become_user_argv, check_posix_account, clean_environment
+from clusters.spawn import CaptureTimeout, OutputTooLarge, run_captured
 
 logger = logging.getLogger(__name__)
 
 MAX_OUTPUT_BYTES = 64 * 1024 * 1024  # squeue of a 20k-job queue is a few MB
+# Where runuser/sudo/env are found; the user's own PATH is set inside `env -i`.
+_SPAWN_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
 class ExecutorError(Exception):
@@ -78,29 +79,18 @@ class LocalExecutor(Executor):
             entry = check_posix_account(account.posix_username, account.uid)
         except PosixAccountError as exc:
             raise ExecutorError(str(exc)) from None
-        full = [*become_user_argv(entry), "env", "-i", *clean_environment(entry, **(env or {})), *argv]
+        # `env -C /`: the command starts in / (posix_spawn keeps the portal's own directory).
+        full = [*become_user_argv(entry), "env", "-i", "-C", "/", *clean_environment(entry, **(env or {})), *argv]
         started = time.monotonic()
         try:
-            proc = subprocess.Popen(
-                full, stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL, stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE, cwd="/", start_new_session=True,
-                env={"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"},
-            )
+            result = run_captured(full, env={"PATH": _SPAWN_PATH}, stdin=stdin, timeout=timeout, max_output=MAX_OUTPUT_BYTES)
         except OSError as exc:
             raise ExecutorError(f"Could not run {argv[0]}: {exc.strerror}.") from None
-        try:
-            stdout, stderr = proc.communicate(stdin, timeout=timeout)
-        except subprocess.TimeoutExpired:
-            # The whole process group: runuser and whatever it started.
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            proc.communicate()
+        except CaptureTimeout:
             raise CommandTimeout(f"{argv[0]} did not finish within {timeout:g} s.") from None
-        if len(stdout) > MAX_OUTPUT_BYTES:
-            raise ExecutorError(f"{argv[0]} printed more than {MAX_OUTPUT_BYTES // 2**20} MiB.")
-        return CommandResult(tuple(argv), proc.returncode, stdout, stderr, time.monotonic() - started)
+        except OutputTooLarge:
+            raise ExecutorError(f"{argv[0]} printed more than {MAX_OUTPUT_BYTES // 2**20} MiB.") from None
+        return CommandResult(tuple(argv), result.returncode, result.stdout, result.stderr, time.monotonic() - started)
 
 
 # --- AWS SSM (SendCommand) ----------------------------------------------------------------------

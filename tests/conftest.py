@@ -136,6 +136,18 @@ def _database_url() -> str:
     return f"sqlite:///{s['NAME']}"
 
 
+def wait_for(condition, timeout: float, what: str, interval: float = 0.05):
+    """Poll `condition` until it returns something truthy (returned), or fail naming `what`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"{what}: not within {timeout} s")
+        time.sleep(interval)
+
+
 class LiveServer(str):
     """The base URL of a running daphne, with its process (tests that stop the server use it)."""
 
@@ -156,8 +168,11 @@ def stop_process(proc: subprocess.Popen, timeout: float = 15) -> None:
 
 
 @contextlib.contextmanager
-def run_daphne(tmp_path, settings, extra_env: dict[str, str] | None = None):
-    """A daphne serving the test database; its own URL is the token issuer (CLUSTERRA_ISSUER_URL)."""
+def run_daphne(tmp_path, settings, extra_env: dict[str, str] | None = None, launcher: list[str] | None = None):
+    """A daphne serving the test database; its own URL is the token issuer (CLUSTERRA_ISSUER_URL).
+
+    `launcher` replaces `python -m daphne` (it gets daphne's arguments), e.g. to start it the way a
+    supervisor would."""
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
     env = {
@@ -172,7 +187,7 @@ def run_daphne(tmp_path, settings, extra_env: dict[str, str] | None = None):
     log_path = tmp_path / "daphne.log"
     with open(log_path, "w") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "clusterra.asgi:application"],
+            [*(launcher or [sys.executable, "-m", "daphne"]), "-b", "127.0.0.1", "-p", str(port), "clusterra.asgi:application"],
             cwd=BASE_DIR, env=env, stdout=log, stderr=subprocess.STDOUT,
         )
     try:

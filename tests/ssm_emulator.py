@@ -47,7 +47,6 @@ import os
 import secrets
 import signal
 import struct
-import subprocess
 import termios
 import threading
 import time
@@ -62,6 +61,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 
+from clusters.spawn import spawn_clean, wait_exit_code
 from terminal.ssm import frames
 from terminal.ssm.frames import ActionStatus, ActionType, FrameError, MessageType, PayloadType
 
@@ -145,7 +145,7 @@ class _Session:
         self.paused = False  # MGS paused publication: the agent leg is "down"
         # PTY
         self.master: int | None = None
-        self.proc: subprocess.Popen | None = None
+        self.pid: int | None = None  # the shell's session leader
         self.carry = b""
         self.tasks: list[asyncio.Task] = []
 
@@ -602,9 +602,8 @@ class SsmEmulator:
         fcntl.ioctl(master, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 80, 0, 0))
         try:
             # setsid -c: a new kernel session with the PTY as controlling terminal (job control works).
-            session.proc = subprocess.Popen(
-                ["setsid", "-c", *session.argv], stdin=slave, stdout=slave, stderr=slave, env=session.env, close_fds=True
-            )
+            # Clean signal dispositions and mask, like the agent's shell (clusters/spawn.py).
+            session.pid = spawn_clean(["setsid", "-c", *session.argv], stdio=(slave, slave, slave), env=session.env)
         finally:
             os.close(slave)
         os.set_blocking(master, False)
@@ -773,12 +772,11 @@ class SsmEmulator:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        if session.proc is not None:
-            proc, session.proc = session.proc, None
+        if session.pid is not None:
+            pid, session.pid = session.pid, None
             with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                await asyncio.to_thread(proc.wait, 5)
+                os.killpg(pid, signal.SIGKILL)
+            await asyncio.to_thread(wait_exit_code, pid)
         if session.master is not None:
             master, session.master = session.master, None
             os.close(master)

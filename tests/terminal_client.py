@@ -1,9 +1,13 @@
-"""A test client for the terminal WebSocket protocol, over channels' in-process communicator."""
+"""Test clients for the terminal WebSocket protocol: over channels' in-process communicator, and over a
+real socket to a running daphne (WsTerminal, with a signed-in session cookie)."""
 
 import asyncio
+import contextlib
 import json
 
 from channels.routing import URLRouter
+from django.contrib.auth import BACKEND_SESSION_KEY, HASH_SESSION_KEY, SESSION_KEY
+from django.contrib.sessions.backends.db import SessionStore
 from channels.testing import WebsocketCommunicator
 
 from terminal import protocol
@@ -131,3 +135,62 @@ async def settle_sessions(timeout: float = 5.0) -> None:
     open_rows = database_sync_to_async(lambda: TerminalSession.objects.filter(ended_at__isnull=True).exists())
     while await open_rows() and loop.time() < deadline:
         await asyncio.sleep(0.05)
+
+
+def signed_in_cookie(user) -> str:
+    session = SessionStore()
+    session[SESSION_KEY] = str(user.pk)
+    session[BACKEND_SESSION_KEY] = "django.contrib.auth.backends.ModelBackend"
+    session[HASH_SESSION_KEY] = user.get_session_auth_hash()
+    session.create()
+    return session.session_key
+
+
+class WsTerminal:
+    """The browser's side of docs/terminal-protocol.md, over a real socket."""
+
+    def __init__(self, ws):
+        self.ws = ws
+        self.output = bytearray()
+        self.statuses: list[dict] = []
+
+    async def _pump_until(self, done, timeout: float, what: str):
+        deadline = asyncio.get_running_loop().time() + timeout
+        while not done():
+            left = deadline - asyncio.get_running_loop().time()
+            if left <= 0:
+                raise AssertionError(f"{what} not seen within {timeout} s; statuses {self.statuses}, "
+                                     f"output {bytes(self.output[-300:])!r}")
+            frame = await asyncio.wait_for(self.ws.recv(), left)
+            assert isinstance(frame, bytes), "the portal sent a text frame"
+            if frame[0] == protocol.OUTPUT:
+                self.output += frame[1:]
+                await self.ws.send(protocol.encode_ack(len(frame) - 1))
+            elif frame[0] == protocol.STATUS:
+                self.statuses.append(json.loads(frame[1:]))
+
+    async def status(self, kind: str, timeout: float = 20) -> dict:
+        await self._pump_until(lambda: any(s["type"] == kind for s in self.statuses), timeout, f"status {kind!r}")
+        return next(s for s in self.statuses if s["type"] == kind)
+
+    async def output_has(self, needle: bytes, timeout: float = 20) -> None:
+        await self._pump_until(lambda: needle in self.output, timeout, repr(needle))
+
+    async def run(self, command: bytes, expect: bytes, timeout: float = 20) -> None:
+        """Type `command` and Enter, and wait for `expect` in the output."""
+        await self.ws.send(protocol.encode_input(command + b"\r"))
+        await self.output_has(expect, timeout=timeout)
+
+
+@contextlib.asynccontextmanager
+async def ws_terminal(server: str, cookie: str, path: str = "/ws/t/acme/c/hpc/terminal/?cols=80&rows=24"):
+    """A terminal on a running daphne, signed in with `cookie`; yields a WsTerminal that saw `connected`."""
+    from websockets.asyncio.client import connect
+
+    url = server.replace("http://", "ws://") + path
+    async with connect(url, origin=server, additional_headers={"Cookie": f"sessionid={cookie}"},
+                       open_timeout=20, ping_interval=None, max_size=None) as ws:
+        term = WsTerminal(ws)
+        term.connected = await term.status("connected", timeout=30)
+        term.session_id = term.connected["session_id"]
+        yield term

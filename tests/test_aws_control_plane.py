@@ -20,9 +20,6 @@ from botocore import UNSIGNED
 from botocore.config import Config
 from botocore.exceptions import ClientError
 from cryptography.hazmat.primitives.asymmetric import rsa
-from django.contrib.auth import BACKEND_SESSION_KEY, HASH_SESSION_KEY, SESSION_KEY
-from django.contrib.sessions.backends.db import SessionStore
-from websockets.asyncio.client import connect as ws_connect
 
 from accounts import issuer
 from clusters import aws
@@ -33,6 +30,7 @@ from terminal.ssm.channel import DataChannel
 from tests.aws_control_plane import AwsControlPlane, Role
 from tests.conftest import _free_port, run_daphne
 from tests.ssm_emulator import DEFAULT_TARGET, run_in_thread
+from tests.terminal_client import signed_in_cookie, ws_terminal
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
 
@@ -317,58 +315,15 @@ def issuer_daphne(transactional_db, tmp_path, settings):
         yield server
 
 
-def signed_in_cookie(user) -> str:
-    session = SessionStore()
-    session[SESSION_KEY] = str(user.pk)
-    session[BACKEND_SESSION_KEY] = "django.contrib.auth.backends.ModelBackend"
-    session[HASH_SESSION_KEY] = user.get_session_auth_hash()
-    session.create()
-    return session.session_key
-
-
-class WsTerminal:
-    """The browser's side of docs/terminal-protocol.md, over a real socket."""
-
-    def __init__(self, ws):
-        self.ws = ws
-        self.output = bytearray()
-        self.statuses: list[dict] = []
-
-    async def _pump_until(self, done, timeout: float, what: str):
-        deadline = asyncio.get_running_loop().time() + timeout
-        while not done():
-            left = deadline - asyncio.get_running_loop().time()
-            if left <= 0:
-                raise AssertionError(f"{what} not seen within {timeout} s; statuses {self.statuses}, "
-                                     f"output {bytes(self.output[-300:])!r}")
-            frame = await asyncio.wait_for(self.ws.recv(), left)
-            assert isinstance(frame, bytes), "the portal sent a text frame"
-            if frame[0] == protocol.OUTPUT:
-                self.output += frame[1:]
-                await self.ws.send(protocol.encode_ack(len(frame) - 1))
-            elif frame[0] == protocol.STATUS:
-                self.statuses.append(json.loads(frame[1:]))
-
-    async def status(self, kind: str, timeout: float = 20) -> dict:
-        await self._pump_until(lambda: any(s["type"] == kind for s in self.statuses), timeout, f"status {kind!r}")
-        return next(s for s in self.statuses if s["type"] == kind)
-
-    async def output_has(self, needle: bytes, timeout: float = 20) -> None:
-        await self._pump_until(lambda: needle in self.output, timeout, repr(needle))
-
-
 def test_live_daphne_runs_an_ssm_session_through_the_stand_in(cast, issuer_daphne, emulator):
     with make_plane(emulator, issuer_daphne) as plane:
         Cluster.objects.filter(pk=cast.hpc.pk).update(backend="ssm", backend_settings=ssm_settings(plane))
         cookie = signed_in_cookie(cast.bob)
-        ws_url = issuer_daphne.replace("http://", "ws://") + "/ws/t/acme/c/hpc/terminal/?cols=100&rows=30"
 
         async def session():
-            async with ws_connect(ws_url, origin=issuer_daphne, additional_headers={"Cookie": f"sessionid={cookie}"},
-                                  open_timeout=20, ping_interval=None, max_size=None) as ws:
-                term = WsTerminal(ws)
-                connected = await term.status("connected", timeout=30)
-                assert connected["backend"] == "ssm"
+            async with ws_terminal(issuer_daphne, cookie, "/ws/t/acme/c/hpc/terminal/?cols=100&rows=30") as term:
+                ws = term.ws
+                assert term.connected["backend"] == "ssm"
                 (sid,) = plane.sessions
                 shell_pid = emulator.call(_shell_pid(emulator.emulator, sid))
                 await ws.send(protocol.encode_input(b"echo ssm-$((6*7)); whoami; stty size\r"))
@@ -407,7 +362,7 @@ def test_live_daphne_runs_an_ssm_session_through_the_stand_in(cast, issuer_daphn
 async def _shell_pid(emu, sid):
     for _ in range(100):
         session = emu.sessions.get(sid)
-        if session is not None and session.proc is not None:
-            return session.proc.pid
+        if session is not None and session.pid is not None:
+            return session.pid
         await asyncio.sleep(0.05)
     raise AssertionError(f"no shell for {sid}")

@@ -13,11 +13,12 @@ import os
 import pwd
 import signal
 import struct
-import subprocess
 import termios
 import time
+from datetime import UTC, datetime
 
 from clusters.posix import PosixAccountError, SystemAccountRefused, become_user_argv, check_posix_account, clean_environment
+from clusters.spawn import reap, spawn_clean, wait_exit_code
 from terminal.backends.base import BackendError, SessionBackend, ShellRequest
 
 CWD_FAILED_EXIT = 97
@@ -25,6 +26,8 @@ CWD_FAILED_EXIT = 97
 # is an argument ($1), never part of the script text.
 _ENTER_CWD_AND_EXEC = f'cd -- "$1" || exit {CWD_FAILED_EXIT}; exec "$SHELL" -l'
 READ_CHUNK = 64 * 1024
+# Where setsid/runuser/sudo/env are found; the shell's own PATH is set inside `env -i`.
+SPAWN_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 MAX_PENDING_INPUT = 1024 * 1024
 KILL_GRACE_SECONDS = 1.0
 EARLY_EXIT_SECONDS = 1.0
@@ -70,6 +73,42 @@ def _signal_all(pids: list[int], sig: int) -> None:
             pass
 
 
+def process_start_time(pid: int) -> datetime | None:
+    """When `pid` started (from /proc), or None if there is no such process."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except OSError:
+        return None
+    ticks = int(stat[stat.rindex(b")") + 2 :].split()[19])  # field 22, starttime: clock ticks after boot
+    return datetime.fromtimestamp(_boot_time() + ticks / os.sysconf("SC_CLK_TCK"), UTC)
+
+
+def _boot_time() -> float:
+    with open("/proc/stat", "rb") as f:
+        for line in f:
+            if line.startswith(b"btime "):
+                return float(line.split()[1])
+    raise OSError("no btime in /proc/stat")
+
+
+def kill_kernel_session(sid: int, grace: float = KILL_GRACE_SECONDS) -> int:
+    """End every process of kernel session `sid` from outside (its terminal is gone): SIGHUP, then SIGKILL.
+
+    For shells whose portal process died. Returns how many processes there were.
+    """
+    pids = session_pids(sid)
+    if not pids:
+        return 0
+    _signal_all(pids, signal.SIGHUP)
+    _signal_all(pids, signal.SIGCONT)
+    deadline = time.monotonic() + grace
+    while (left := session_pids(sid)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    _signal_all(left, signal.SIGKILL)
+    return len(pids)
+
+
 class LocalPtyBackend(SessionBackend):
     name = "local"
 
@@ -77,7 +116,8 @@ class LocalPtyBackend(SessionBackend):
         super().__init__(**callbacks)
         self._fd: int | None = None
         self._pidfd: int | None = None
-        self._proc: subprocess.Popen | None = None
+        self._pid: int | None = None  # the session leader (`setsid -c`): its pid is the kernel session id
+        self._exit_code: int | None = None  # once the leader is reaped
         self._reading = False
         self._pending_input = bytearray()
         self._terminated = False
@@ -97,11 +137,8 @@ class LocalPtyBackend(SessionBackend):
         argv = self._command(entry, request.working_directory or entry.pw_dir)
         master, slave = os.openpty()
         fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", request.rows, request.cols, 0, 0))
-        try:
-            self._proc = subprocess.Popen(
-                argv, stdin=slave, stdout=slave, stderr=slave, cwd="/", close_fds=True,
-                env={"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"},
-            )
+        try:  # clean signal dispositions and mask, whatever the portal inherited (clusters/spawn.py)
+            self._pid = spawn_clean(argv, stdio=(slave, slave, slave), env={"PATH": SPAWN_PATH})
         except OSError as exc:
             os.close(master)
             raise BackendError(f"Could not start the shell: {exc.strerror} ({argv[0]}).") from None
@@ -110,8 +147,8 @@ class LocalPtyBackend(SessionBackend):
         os.set_blocking(master, False)
         self._fd = master
         self._started_at = time.monotonic()
-        self.session_id = str(self._proc.pid)
-        self._pidfd = os.pidfd_open(self._proc.pid)
+        self.session_id = str(self._pid)
+        self._pidfd = os.pidfd_open(self._pid)
         loop.add_reader(self._pidfd, self._on_leader_exit)
         self.resume_reading()
 
@@ -159,7 +196,7 @@ class LocalPtyBackend(SessionBackend):
         loop.remove_reader(self._pidfd)
         os.close(self._pidfd)
         self._pidfd = None
-        code = self._proc.wait()
+        code = self._exit_code = wait_exit_code(self._pid)
         self.pause_reading()
         self._drain()
         message = None
@@ -225,8 +262,13 @@ class LocalPtyBackend(SessionBackend):
             fcntl.ioctl(self._fd, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
 
     # --- end --------------------------------------------------------------------------------
+    def _leader_reaped(self) -> bool:
+        if self._exit_code is None:
+            self._exit_code = reap(self._pid)
+        return self._exit_code is not None
+
     async def terminate(self) -> None:
-        if self._terminated or self._proc is None:
+        if self._terminated or self._pid is None:
             return
         self._terminated = True
         loop = asyncio.get_running_loop()
@@ -235,7 +277,7 @@ class LocalPtyBackend(SessionBackend):
             self._reading = False
         if self._pending_input:
             loop.remove_writer(self._fd)
-        sid = self._proc.pid
+        sid = self._pid
         leader_gone = loop.create_future()
         if self._pidfd is not None:  # from now on the leader's exit only wakes us, no on_exit callback
             loop.remove_reader(self._pidfd)
@@ -261,6 +303,6 @@ class LocalPtyBackend(SessionBackend):
                 break
             await asyncio.sleep(0.1)
         for _ in range(50):  # reap the leader (SIGKILLed above if it ignored the hangup)
-            if self._proc.poll() is not None:
+            if self._leader_reaped():
                 break
             await asyncio.sleep(0.02)
