@@ -11,7 +11,7 @@ django_asgi_app = get_asgi_application()  # set up Django before importing consu
 from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 
-from terminal.live import end_live_sessions_when_daphne_stops  # noqa: E402
+from terminal.live import hook_into_daphne  # noqa: E402
 from terminal.routing import websocket_urlpatterns  # noqa: E402
 
 # The terminal consumer checks the Origin itself, so a refused socket can be told apart in tests and
@@ -23,4 +23,4 @@ application = ProtocolTypeRouter(
     }
 )
 
-end_live_sessions_when_daphne_stops()
+hook_into_daphne()

@@ -77,3 +77,18 @@ class ClusterAccount(models.Model):
 
     def __str__(self):
         return f"{self.posix_username}@{self.cluster.slug}"
+
+
+class CredentialRevocation(models.Model):
+    """AWS credentials of `subject` obtained before `revoked_at` must not be used any more.
+
+    Every portal process caches STS credentials in memory; each one reads new rows every second
+    (terminal/processes.py) and forgets the subject's cached credentials, so revocation reaches all
+    processes even when the channel layer is down.
+    """
+
+    subject = models.CharField(max_length=64, primary_key=True)
+    revoked_at = models.DateTimeField(db_index=True)
+
+    def __str__(self):
+        return f"{self.subject} revoked {self.revoked_at:%Y-%m-%d %H:%M:%S}"

@@ -4,7 +4,9 @@ Views, consumers, admin actions and (later) offboarding call these; nothing else
 TerminalSession rows.
 """
 
+import logging
 import posixpath
+import time
 
 from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
@@ -16,9 +18,10 @@ from accounts.issuer import user_subject
 from accounts.models import Tenant
 from audit.services import record_event
 from clusters import aws
-from clusters.models import Cluster, ClusterAccount
+from clusters.models import Cluster, ClusterAccount, CredentialRevocation
 from terminal.models import TerminalSession
 
+logger = logging.getLogger(__name__)
 MAX_PATH_LENGTH = 4096
 
 
@@ -64,7 +67,8 @@ def check_mapping(account: ClusterAccount) -> None:
 
 
 def open_terminal_session(*, user, tenant_slug: str, cluster_slug: str, working_directory: str | None,
-                          client_address: str | None, user_agent: str) -> TerminalSession:
+                          client_address: str | None, user_agent: str, owner_id=None) -> TerminalSession:
+    """A new session row, held by the portal process `owner_id` (terminal/processes.py)."""
     cluster = (
         Cluster.objects.visible_to(user).select_related("tenant").filter(tenant__slug=tenant_slug, slug=cluster_slug).first()
     )
@@ -80,7 +84,7 @@ def open_terminal_session(*, user, tenant_slug: str, cluster_slug: str, working_
     session = TerminalSession(
         user=user, cluster=cluster, account=account, posix_username=account.posix_username,
         backend=cluster.backend, working_directory=cwd or "", client_address=client_address,
-        user_agent=(user_agent or "")[:512],
+        user_agent=(user_agent or "")[:512], owner_id=owner_id,
     )
     now = timezone.now()
     session.recording_path = f"{cluster.tenant.slug}/{now:%Y}/{now:%m}/{session.id}.cast"
@@ -121,25 +125,46 @@ def finish_terminal_session(session: TerminalSession, *, reason: str, message: s
 
 
 def revoke_terminal_sessions(*, actor, user=None, session: TerminalSession | None = None,
-                             message: str = "An administrator ended this session.") -> None:
-    """Tell every live consumer of `user` (or the one of `session`) to end now, with reason `revoked`."""
+                             message: str = "An administrator ended this session.") -> list[str]:
+    """End every live session of `user` (or `session`) now, with reason `revoked`, in whichever process holds it.
+
+    Durable first: the rows are marked, and each owning process checks for marked rows every second
+    (terminal/processes.py). Then the fast path: a channel-layer message ends them within milliseconds;
+    if the channel layer is down, that is logged and the durable path still ends them. Revoking a user
+    also revokes their cached AWS credentials in every process. Returns the ids of the sessions marked.
+    """
     if (user is None) == (session is None):
         raise ValueError("Give exactly one of user or session")
-    group = user_group(user.pk) if user is not None else session_group(session.pk)
-    async_to_sync(get_channel_layer().group_send)(group, {"type": "terminal.revoke", "message": message})
-    if user is not None:  # and no cached AWS credentials of theirs survive here (other processes: until expiry)
+    now = timezone.now()
+    live = TerminalSession.objects.filter(ended_at__isnull=True, revoke_requested_at__isnull=True)
+    live = live.filter(user=user) if user is not None else live.filter(pk=session.pk)
+    session_ids = [str(pk) for pk in live.values_list("pk", flat=True)]
+    TerminalSession.objects.filter(pk__in=session_ids).update(revoke_requested_at=now, revoke_message=message[:500])
+    if user is not None:
         for tenant in Tenant.objects.filter(memberships__user=user):
-            aws.forget_credentials(user_subject(user, tenant))
+            subject = user_subject(user, tenant)
+            CredentialRevocation.objects.update_or_create(subject=subject, defaults={"revoked_at": now})
+            aws.forget_credentials(subject)  # here at once; the other processes within a second
+    group = user_group(user.pk) if user is not None else session_group(session.pk)
+    try:
+        async_to_sync(get_channel_layer().group_send)(group, {"type": "terminal.revoke", "message": message})
+    except Exception as exc:  # Redis down: the owners still see the marked rows within a second
+        logger.warning("revocation of %s: the channel layer is unavailable (%s); relying on the database check",
+                       group, type(exc).__name__)
     if session is not None:
         tenant, target = session.cluster.tenant, session
     else:
         tenant, target = None, user
-    record_event("terminal.session.revoke", tenant=tenant, actor=actor, target=target, data={"message": message})
+    record_event("terminal.session.revoke", tenant=tenant, actor=actor, target=target,
+                 data={"message": message, "sessions": session_ids})
+    return session_ids
 
 
-def close_stale_sessions(message: str = "The server stopped while the session was open.") -> int:
-    """Finish rows left open by a server that died (run at start-up of a single-server deployment)."""
-    count = 0
-    for session in TerminalSession.objects.filter(ended_at__isnull=True).select_related("cluster__tenant", "user"):
-        count += finish_terminal_session(session, reason=TerminalSession.EndReason.SERVER_SHUTDOWN, message=message)
-    return count
+def wait_until_ended(session_ids: list[str], timeout: float = 3.0) -> bool:
+    """True once every one of these sessions has ended (for telling an admin it is done), False on timeout."""
+    deadline = time.monotonic() + timeout
+    while TerminalSession.objects.filter(pk__in=session_ids, ended_at__isnull=True).exists():
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.05)
+    return True

@@ -15,7 +15,7 @@ from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 from django.http.request import split_domain_port, validate_host
 
-from terminal import actions, protocol
+from terminal import actions, processes, protocol
 from terminal.backends.base import BackendError, ShellRequest
 from terminal.backends.local_pty import AccessRefused, LocalPtyBackend
 from terminal.backends.ssm import SsmBackend
@@ -61,6 +61,10 @@ class TerminalConsumer(AsyncWebsocketConsumer):
     window. When the socket drops the session is detached, not ended, and may be reattached.
     """
 
+    # Not on the channel layer: Channels would otherwise make every consumer await a receive on it,
+    # and a Redis blip would crash every open terminal. Revocation has its own listener in LiveSession.
+    channel_layer_alias = "terminal-relay-has-no-channel-layer"
+
     # The relays running in this process (for tests, metrics and graceful shutdown).
     live: "weakref.WeakSet[TerminalConsumer]" = weakref.WeakSet()
 
@@ -79,6 +83,7 @@ class TerminalConsumer(AsyncWebsocketConsumer):
         self._low = settings.TERMINAL_LOW_WATERMARK
         self._coalesce_delay = settings.TERMINAL_COALESCE_MS / 1000
         self._coalesce_bytes = settings.TERMINAL_COALESCE_BYTES
+        self._max_frame = settings.TERMINAL_MAX_FRAME  # read per frame: a plain attribute, not the lazy settings
 
     @property
     def session(self) -> TerminalSession | None:
@@ -124,11 +129,17 @@ class TerminalConsumer(AsyncWebsocketConsumer):
             return
         headers = dict(self.scope.get("headers", []))
         try:
+            await processes.lease.ensure_running()  # the session row names this process as its owner
+        except Exception:
+            logger.exception("terminal: could not register this portal process")
+            await self._refuse(protocol.CLOSE_BACKEND_ERROR, "The server cannot open terminals right now; try again shortly.")
+            return
+        try:
             session = await database_sync_to_async(actions.open_terminal_session)(
                 user=user, tenant_slug=kwargs["tenant_slug"], cluster_slug=kwargs["cluster_slug"],
                 working_directory=query.get("cwd", [None])[0],
                 client_address=(self.scope.get("client") or [None])[0],
-                user_agent=headers.get(b"user-agent", b"").decode("utf-8", "replace"),
+                user_agent=headers.get(b"user-agent", b"").decode("utf-8", "replace"), owner_id=processes.lease.id,
             )
         except actions.TerminalRefused as exc:
             code = protocol.CLOSE_NOT_FOUND if exc.not_found else protocol.CLOSE_FORBIDDEN
@@ -233,7 +244,7 @@ class TerminalConsumer(AsyncWebsocketConsumer):
         try:
             if bytes_data is None:
                 raise protocol.ProtocolError("Text frames are not part of the protocol.")
-            opcode, value = protocol.decode_client_frame(bytes_data, settings.TERMINAL_MAX_FRAME)
+            opcode, value = protocol.decode_client_frame(bytes_data, self._max_frame)
             if opcode == protocol.INPUT:
                 self._on_input(value)
             elif opcode == protocol.ACK:
@@ -288,10 +299,10 @@ class TerminalConsumer(AsyncWebsocketConsumer):
                 self._flush_handle.cancel()
                 self._flush_handle = None
             if self._outbuf:
-                chunk = bytes(self._outbuf)
+                frame = protocol.OUTPUT_PREFIX + self._outbuf  # bytes, one copy
                 self._outbuf.clear()
-                self._unacked += len(chunk)
-                await self.send(bytes_data=protocol.OUTPUT_PREFIX + chunk)
+                self._unacked += len(frame) - 1
+                await self.base_send({"type": "websocket.send", "bytes": frame})  # what self.send(bytes_data=) sends
             if self._closing:
                 return
 

@@ -7,7 +7,9 @@ browser's socket drops, the session stays up for TERMINAL_REATTACH_GRACE seconds
 with `?attach=<session id>` from the same user takes it over and first receives the scrollback.
 
 Live sessions are held in this process (`LiveSession.registry`): a reattach must reach the same
-portal process, which the single-daphne deployment guarantees (docs/deployment.md).
+portal process, which the `/ws/w/<worker>/` route does behind nginx (docs/deployment.md). Each
+session row names its process (terminal/processes.py), so a process that dies has its sessions
+finished and its shells killed by the others.
 """
 
 import asyncio
@@ -18,7 +20,7 @@ from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
 from django.conf import settings
 
-from terminal import actions, protocol
+from terminal import actions, processes, protocol
 from terminal.backends.base import SessionBackend
 from terminal.models import TerminalSession
 from terminal.recording import AsciicastRecorder
@@ -100,18 +102,37 @@ class LiveSession:
         await self._listen_for_revocation()
 
     async def _listen_for_revocation(self):
+        """The fast path of revocation: a channel-layer message to the user's or the session's group.
+
+        It runs beside the session and never ends it: when the channel layer fails (a Redis blip) it
+        joins its groups again with backoff, and the durable check of terminal/processes.py still
+        ends a revoked session within a second.
+        """
         layer = get_channel_layer()
-        self._channel_name = await layer.new_channel()
-        for group in (actions.user_group(self.session.user_id), actions.session_group(self.session.pk)):
-            await layer.group_add(group, self._channel_name)
-            self._groups.append(group)
+        groups = [actions.user_group(self.session.user_id), actions.session_group(self.session.pk)]
 
         async def listen():
+            delay = 0.5
             while True:
-                message = await layer.receive(self._channel_name)
-                if message.get("type") == "terminal.revoke":
-                    self.end_soon(Reason.REVOKED, message.get("message") or "This session was revoked.")
-                    return
+                try:
+                    if self._channel_name is None:
+                        self._channel_name = await layer.new_channel()
+                    for group in groups:
+                        await layer.group_add(group, self._channel_name)
+                    self._groups = groups
+                    delay = 0.5
+                    while True:
+                        message = await layer.receive(self._channel_name)
+                        if message.get("type") == "terminal.revoke":
+                            self.end_soon(Reason.REVOKED, message.get("message") or "This session was revoked.")
+                            return
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:
+                    logger.warning("terminal session %s: channel layer unavailable (%s: %s); retrying in %.1f s",
+                                   self.key, type(exc).__name__, exc, delay)
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 5.0)
 
         self._tasks.append(asyncio.create_task(listen()))
 
@@ -254,7 +275,10 @@ class LiveSession:
             if self._channel_name is not None:
                 layer = get_channel_layer()
                 for group in self._groups:
-                    await layer.group_discard(group, self._channel_name)
+                    try:
+                        await layer.group_discard(group, self._channel_name)
+                    except Exception:  # the layer is down: the group entry expires by itself
+                        pass
             attached, self.attached = self.attached, None
             if attached is not None:
                 try:
@@ -278,9 +302,10 @@ class LiveSession:
                                  return_exceptions=True)
 
 
-def end_live_sessions_when_daphne_stops() -> None:
-    """Under daphne, end the live sessions before the server exits, detached ones included.
+def hook_into_daphne() -> None:
+    """Under daphne: hold a process lease from the start, and end every live session before exiting.
 
+    The lease (terminal/processes.py) lets the other processes find this one's sessions if it dies.
     Daphne cancels the consumers of open sockets when it stops, which ends their sessions; a session
     waiting for its browser to come back has no consumer, so it needs this hook of its own.
     """
@@ -291,6 +316,15 @@ def end_live_sessions_when_daphne_stops() -> None:
         return
     from twisted.internet import defer
 
-    reactor.addSystemEventTrigger(
-        "before", "shutdown", lambda: defer.Deferred.fromFuture(asyncio.ensure_future(LiveSession.end_all()))
-    )
+    async def start():
+        try:
+            await processes.lease.ensure_running()
+        except Exception:  # the database is not there yet: the first terminal registers the process
+            logger.exception("could not register this portal process")
+
+    async def stop():
+        await LiveSession.end_all()
+        await database_sync_to_async(processes.lease.stopped)()
+
+    reactor.callWhenRunning(lambda: asyncio.ensure_future(start()))
+    reactor.addSystemEventTrigger("before", "shutdown", lambda: defer.Deferred.fromFuture(asyncio.ensure_future(stop())))

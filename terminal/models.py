@@ -1,4 +1,4 @@
-"""Terminal sessions: one row per shell opened from the browser."""
+"""Terminal sessions (one row per shell opened from the browser) and the portal processes that hold them."""
 
 import uuid
 
@@ -6,6 +6,31 @@ from django.conf import settings
 from django.db import models
 
 from accounts.tenancy import scoped_queryset
+
+
+class PortalProcess(models.Model):
+    """A running portal process (a daphne worker) that holds live terminal sessions.
+
+    It renews `lease_until` while it runs (terminal/processes.py). A process whose lease ran out died
+    without ending its sessions (SIGKILL, OOM, a lost host): any surviving process, or the Celery beat
+    task, ends it and finishes its sessions with reason `worker_lost`.
+    """
+
+    class EndReason(models.TextChoices):
+        STOPPED = "stopped", "Stopped"
+        LEASE_EXPIRED = "lease_expired", "Lease expired"
+
+    id = models.UUIDField(primary_key=True, editable=False)
+    worker = models.CharField(max_length=16, help_text="CLUSTERRA_WORKER_ID: the reattach route to this process.")
+    hostname = models.CharField(max_length=255)
+    pid = models.IntegerField()
+    started_at = models.DateTimeField(auto_now_add=True)
+    lease_until = models.DateTimeField(db_index=True)
+    ended_at = models.DateTimeField(null=True, blank=True)
+    end_reason = models.CharField(max_length=16, choices=EndReason.choices, blank=True)
+
+    def __str__(self):
+        return f"worker {self.worker} pid {self.pid} on {self.hostname}"
 
 
 class TerminalSession(models.Model):
@@ -16,6 +41,7 @@ class TerminalSession(models.Model):
         REVOKED = "revoked", "Revoked"
         BACKEND_ERROR = "backend_error", "Backend error"
         SERVER_SHUTDOWN = "server_shutdown", "Server shutdown"
+        WORKER_LOST = "worker_lost", "Server process lost"
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="terminal_sessions")
@@ -35,12 +61,21 @@ class TerminalSession(models.Model):
     bytes_in = models.BigIntegerField(default=0, help_text="Bytes typed or pasted by the user.")
     bytes_out = models.BigIntegerField(default=0, help_text="Bytes of output sent to the browser.")
     recording_path = models.CharField(max_length=500, blank=True, help_text="Relative to the recordings storage.")
+    owner = models.ForeignKey(PortalProcess, null=True, blank=True, on_delete=models.PROTECT, related_name="sessions",
+                              help_text="The portal process that holds the shell.")
+    # Durable revocation: set first, then the channel-layer message is sent as the fast path; the owner
+    # checks these every second, so a lost message (a Redis blip) delays a revocation but never drops it.
+    revoke_requested_at = models.DateTimeField(null=True, blank=True)
+    revoke_message = models.CharField(max_length=500, blank=True)
 
     objects = scoped_queryset("cluster__tenant").as_manager()
 
     class Meta:
         ordering = ["-started_at"]
-        indexes = [models.Index(fields=["ended_at"], name="terminal_session_live")]
+        indexes = [
+            models.Index(fields=["ended_at"], name="terminal_session_live"),
+            models.Index(fields=["owner", "ended_at"], name="terminal_session_owner_live"),
+        ]
 
     def __str__(self):
         return f"{self.posix_username}@{self.cluster_id} {self.started_at:%Y-%m-%d %H:%M}"

@@ -11,15 +11,16 @@ from django.conf import settings
 class AsciicastRecorder:
     """Writes one session's output to `<recordings dir>/<relative_path>`.
 
-    Called from the event loop for every chunk the shell printed, so it only appends to a buffered file; the
-    page cache absorbs it. Input is deliberately not recorded (passwords typed at prompts).
+    Called from the event loop for every chunk the shell printed, so it only appends to the file; the page
+    cache absorbs it. Unbuffered: what was written survives the portal process dying (SIGKILL, OOM) — one
+    write per output chunk, not per byte. Input is deliberately not recorded (passwords typed at prompts).
     """
 
     def __init__(self, relative_path: str, *, cols: int, rows: int, title: str, shell: str):
         self.relative_path = relative_path
         path = Path(settings.RECORDINGS_DIR) / relative_path
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        self._file = open(path, "xb", buffering=64 * 1024)  # noqa: SIM115 (closed in close())
+        self._file = open(path, "xb", buffering=0)  # noqa: SIM115 (closed in close())
         self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         self._started = time.monotonic()
         header = {

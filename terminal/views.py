@@ -10,7 +10,7 @@ from accounts.models import Membership, Tenant, User
 from accounts.services import set_terminal_renderer
 from accounts.tenancy import get_visible_or_404
 from clusters.models import Cluster, ClusterAccount
-from terminal.actions import revoke_terminal_sessions
+from terminal.actions import revoke_terminal_sessions, wait_until_ended
 from terminal.models import TerminalSession
 
 
@@ -57,6 +57,11 @@ def live_sessions(request, tenant_slug):
 def terminate_session(request, tenant_slug, session_id):
     tenant = _administered_tenant(request, tenant_slug)
     session = get_object_or_404(TerminalSession.objects.in_tenant(tenant).select_related("cluster__tenant", "user"), pk=session_id)
-    revoke_terminal_sessions(actor=request.user, session=session, message=f"Ended by {request.user.email}.")
-    messages.success(request, f"Ending {session.posix_username}'s session on {session.cluster.name}.")
+    marked = revoke_terminal_sessions(actor=request.user, session=session, message=f"Ended by {request.user.email}.")
+    who = f"{session.posix_username}'s session on {session.cluster.name}"
+    if wait_until_ended(marked):
+        messages.success(request, f"Ended {who}.")
+    else:  # recorded: the holding process ends it at its next check, or the others once it is found lost
+        messages.warning(request, f"The end of {who} is recorded, but the server holding it has not confirmed yet. "
+                                  "It ends within seconds; if that server is down, when it is found lost.")
     return redirect("terminal_admin:live", tenant_slug=tenant.slug)

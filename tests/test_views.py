@@ -120,7 +120,7 @@ def test_open_and_finish_write_audit_events(cast):
 
 
 def test_close_stale_sessions(cast):
-    from terminal.actions import close_stale_sessions
+    from terminal.processes import close_stale_sessions
 
     session = _live_session(cast)
     assert close_stale_sessions() == 1
