@@ -15,6 +15,7 @@ from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 from django.http.request import split_domain_port, validate_host
 
+from clusterra import logcontext, metrics
 from terminal import actions, processes, protocol
 from terminal.backends.base import BackendError, ShellRequest
 from terminal.backends.local_pty import AccessRefused, LocalPtyBackend
@@ -110,10 +111,14 @@ class TerminalConsumer(AsyncWebsocketConsumer):
     # --- connect --------------------------------------------------------------------------------
     async def connect(self):
         if not origin_allowed(self.scope):
+            metrics.TERMINAL_WEBSOCKET_REFUSALS.labels(code="403").inc()
             await self.close()  # before accept: the handshake is refused with HTTP 403
             return
         await self.accept()
         user = self.scope.get("user")
+        kwargs = self.scope["url_route"]["kwargs"]
+        # Log lines of this connection (and of the session's own tasks, created from here) carry these.
+        logcontext.bind(tenant=kwargs.get("tenant_slug"), user_id=getattr(user, "pk", None), worker=settings.WORKER_ID)
         if user is None or not user.is_authenticated or not user.is_active:
             await self._refuse(protocol.CLOSE_UNAUTHENTICATED, "Sign in to open a terminal.")
             return
@@ -123,7 +128,6 @@ class TerminalConsumer(AsyncWebsocketConsumer):
         except (ValueError, protocol.ProtocolError):
             await self._refuse(protocol.CLOSE_BAD_FRAME, "cols and rows must be whole numbers from 1 to 1000.")
             return
-        kwargs = self.scope["url_route"]["kwargs"]
         if "attach" in query:
             await self._reattach(user, query["attach"][0], kwargs, cols, rows)
             return
@@ -161,6 +165,7 @@ class TerminalConsumer(AsyncWebsocketConsumer):
         web_session = self.scope.get("session")
         if session.backend == "ssm" and web_session is not None:  # the IdP's token may stand in for the portal's
             id_token = await database_sync_to_async(lambda: web_session.get("oidc_id_token"))()
+        logcontext.bind(session_id=str(session.pk))
         self.live_session = live = LiveSession(session, backend_class)
         request = ShellRequest(
             posix_username=session.posix_username, expected_uid=session.account.uid,
@@ -204,6 +209,7 @@ class TerminalConsumer(AsyncWebsocketConsumer):
         if live is None or live.cluster.slug != kwargs["cluster_slug"] or live.cluster.tenant.slug != kwargs["tenant_slug"]:
             await self._refuse(protocol.CLOSE_NOT_FOUND, "That terminal session has ended.")
             return
+        logcontext.bind(session_id=session_id)
         self.live_session = live
         scrollback = await live.attach(self, client_address=(self.scope.get("client") or [None])[0])
         if live.ending:  # it ended while we were attaching: end() tells us only if it saw us attached
@@ -223,6 +229,7 @@ class TerminalConsumer(AsyncWebsocketConsumer):
         live.resume_reading()
 
     async def _refuse(self, code: int, message: str):
+        metrics.TERMINAL_WEBSOCKET_REFUSALS.labels(code=str(code)).inc()
         self._closing = True
         await self.send(bytes_data=protocol.encode_status(type="exit", reason=REFUSED, message=message))
         await self.close(code=code, reason=_close_reason(message))

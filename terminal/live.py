@@ -20,6 +20,7 @@ from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
 from django.conf import settings
 
+from clusterra import metrics
 from terminal import actions, processes, protocol
 from terminal.backends.base import SessionBackend
 from terminal.models import TerminalSession
@@ -71,6 +72,7 @@ class LiveSession:
         self._tasks: list[asyncio.Task] = []
         self._grace_task: asyncio.Task | None = None
         self._end_task: asyncio.Task | None = None
+        self._counted_live = False  # in the live-sessions gauge (the shell started)
         loop = asyncio.get_running_loop()
         self.started = self.last_input = loop.time()
 
@@ -98,6 +100,8 @@ class LiveSession:
         )
         loop = asyncio.get_running_loop()
         self.started = self.last_input = loop.time()
+        self._counted_live = True
+        metrics.TERMINAL_SESSIONS_LIVE.labels(backend=self.session.backend).inc()
         self._tasks.append(asyncio.create_task(self._watchdog()))
         await self._listen_for_revocation()
 
@@ -291,7 +295,16 @@ class LiveSession:
             )
         finally:
             self.registry.pop(self.key, None)
+            self._count_end(reason)
             self.ended.set()
+
+    def _count_end(self, reason: str) -> None:
+        backend = self.session.backend
+        if self._counted_live:
+            metrics.TERMINAL_SESSIONS_LIVE.labels(backend=backend).dec()
+        metrics.TERMINAL_SESSION_ENDS.labels(backend=backend, reason=reason).inc()
+        metrics.TERMINAL_RELAY_BYTES.labels(direction="in").inc(self.bytes_in)  # once per session, not per keystroke
+        metrics.TERMINAL_RELAY_BYTES.labels(direction="out").inc(self.bytes_out)
 
     @classmethod
     async def end_all(cls, reason: str = Reason.SERVER_SHUTDOWN, message: str = "The server is shutting down.") -> None:

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from channels.db import database_sync_to_async as sync_to_async
 from django.conf import settings
+from django.utils import timezone
 
 from clusters.models import Cluster
 from clusters.services import map_account
@@ -375,3 +376,46 @@ async def test_input_the_shell_does_not_read_is_bounded(cast):
     await client.send_input(b"stty sane; echo after''wards\n")
     await client.wait_for_output(b"afterwards\r\n")
     await client.close()
+
+
+async def test_a_revocation_whose_message_was_lost_still_ends_the_session(cast):
+    """The channel-layer message is only the fast path: the owning process reads marked rows every second."""
+    from prometheus_client import REGISTRY
+
+    def sample(name, **labels):
+        return REGISTRY.get_sample_value(name, labels) or 0.0
+
+    ends_before = sample("clusterra_terminal_session_ends_total", backend="local", reason="revoked")
+    client = await open_session(cast.bob)
+    assert sample("clusterra_terminal_sessions_live", backend="local") >= 1
+    session = await last_session(cast.bob)
+    # What revoke_terminal_sessions writes first; the message that would follow is never sent.
+    await sync_to_async(lambda: TerminalSession.objects.filter(pk=session.pk).update(
+        revoke_requested_at=timezone.now(), revoke_message="Revoked while the channel layer was down."))()
+    status = await client.wait_for_status("exit", timeout=10)
+    assert status["reason"] == "revoked" and status["message"] == "Revoked while the channel layer was down."
+    session = await last_session(cast.bob)
+    assert session.end_reason == "revoked"
+    assert sample("clusterra_terminal_session_ends_total", backend="local", reason="revoked") == ends_before + 1
+
+
+async def test_revoked_aws_credentials_are_forgotten_by_every_process_loop(cast):
+    """Each portal process's loop drops cached STS credentials of subjects revoked anywhere (here: by a row)."""
+    from datetime import timedelta
+
+    from clusters import aws
+    from clusters.models import CredentialRevocation
+    from terminal.processes import lease
+
+    subject = f"tenant-{cast.acme.pk}-user-{cast.bob.pk}"
+    creds = aws.Credentials(access_key="AKIA", secret_key="s", session_token="t",
+                            expiration=timezone.now() + timedelta(hours=1))
+    with aws._cache_lock:
+        aws._cache[("arn:aws:iam::123456789012:role/x", subject, "bob")] = creds
+    await lease.ensure_running()
+    await sync_to_async(CredentialRevocation.objects.update_or_create)(subject=subject, defaults={"revoked_at": timezone.now()})
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 10
+    while any(key[1] == subject for key in aws._cache):
+        assert loop.time() < deadline, "the process loop did not forget the revoked credentials"
+        await asyncio.sleep(0.05)
