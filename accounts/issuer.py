@@ -166,12 +166,12 @@ def _retire(keys, now) -> list[str]:
 def rotate_signing_key(*, actor=None, reason: str = "manual") -> SigningKey:
     """Make a new key the signer; earlier keys stay published until their tokens have expired."""
     now = timezone.now()
+    key = _new_key()  # RSA key generation takes a while: not inside the transaction (SQLite holds its write lock)
     with transaction.atomic():
         previous = list(SigningKey.objects.select_for_update().filter(active=True))
         retired = _retire(previous, now)
         expired = list(SigningKey.objects.filter(active=False, expires_at__lt=now).values_list("kid", flat=True))
         SigningKey.objects.filter(kid__in=expired).delete()
-        key = _new_key()
         key.save()
         record_event("signing_key.rotate", actor=actor, target=key,
                      data={"kid": key.kid, "retired": retired, "removed": expired, "reason": reason})
@@ -192,9 +192,9 @@ def active_signing_key() -> tuple[SigningKey, rsa.RSAPrivateKey]:
     for _attempt in range(3):
         key = SigningKey.objects.filter(active=True).first()
         if key is None:
+            key = _new_key()
             try:
                 with transaction.atomic():
-                    key = _new_key()
                     key.save()
                     record_event("signing_key.create", target=key, data={"kid": key.kid})
                 logger.info("signing key created on first use: kid %s", key.kid)

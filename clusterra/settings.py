@@ -9,6 +9,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import dj_database_url
+from csp.constants import NONCE, NONE, SELF, UNSAFE_INLINE
 from django.core.exceptions import ImproperlyConfigured
 
 from clusterra.env import env_bool, env_int, env_list, env_match, env_path, env_secret, env_str
@@ -47,6 +48,8 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "channels",
+    "csp",
+    "ninja",  # /v1/docs from ninja's own static files (not a CDN), which the Content-Security-Policy allows
     "accounts",
     "clusters",
     "terminal",
@@ -57,6 +60,7 @@ INSTALLED_APPS = [
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
+    "csp.middleware.CSPMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -117,13 +121,89 @@ AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
 ]
 
+# --- HTTPS behind a proxy (docs/deployment.md, "Security settings") ---------------------------------
+# Only behind a proxy that sets X-Forwarded-Proto itself, overwriting whatever the client sent (deploy/nginx):
+# requests that came in over https then count as secure for redirects, HSTS, cookies and CSRF.
+BEHIND_TLS_PROXY = env_bool("CLUSTERRA_BEHIND_TLS_PROXY", False)
+if BEHIND_TLS_PROXY:
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+# http → https; the health and metrics probes are exempt (SECURE_REDIRECT_EXEMPT, below).
+SECURE_SSL_REDIRECT = env_bool("CLUSTERRA_SSL_REDIRECT", BEHIND_TLS_PROXY)
+SECURE_HSTS_SECONDS = env_int("CLUSTERRA_HSTS_SECONDS", 0, minimum=0, maximum=2 * 365 * 86400)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("CLUSTERRA_HSTS_INCLUDE_SUBDOMAINS", False)
+SECURE_HSTS_PRELOAD = env_bool("CLUSTERRA_HSTS_PRELOAD", False)
+if SECURE_HSTS_PRELOAD and (SECURE_HSTS_SECONDS < 365 * 86400 or not SECURE_HSTS_INCLUDE_SUBDOMAINS):
+    raise ImproperlyConfigured(
+        "CLUSTERRA_HSTS_PRELOAD needs CLUSTERRA_HSTS_SECONDS of at least 31536000 and CLUSTERRA_HSTS_INCLUDE_SUBDOMAINS=true"
+    )
+# `check --deploy` reminds about both HSTS flags whenever HSTS is on (W005, W021). Setting a flag explicitly
+# to false records the decision not to use it, and silences that reminder; leaving it unset keeps it.
+SILENCED_SYSTEM_CHECKS = [
+    check_id for name, check_id in (("CLUSTERRA_HSTS_INCLUDE_SUBDOMAINS", "security.W005"), ("CLUSTERRA_HSTS_PRELOAD", "security.W021"))
+    if env_str(name) is not None and not env_bool(name, False)
+]
+SECURE_REFERRER_POLICY = "same-origin"
+SECURE_CROSS_ORIGIN_OPENER_POLICY = "same-origin"
+
 SESSION_COOKIE_HTTPONLY = True
 SESSION_COOKIE_SAMESITE = "Lax"
-SESSION_COOKIE_SECURE = env_bool("CLUSTERRA_SECURE_COOKIES", False)
+SESSION_COOKIE_SECURE = env_bool("CLUSTERRA_SECURE_COOKIES", BEHIND_TLS_PROXY)
 CSRF_COOKIE_SECURE = SESSION_COOKIE_SECURE
 SESSION_COOKIE_AGE = env_int("CLUSTERRA_SESSION_AGE", 12 * 3600, minimum=300)
 X_FRAME_OPTIONS = "DENY"
 SECURE_CONTENT_TYPE_NOSNIFF = True
+
+
+def _csp_origins(name: str) -> list[str]:
+    """scheme://host[:port] origins from a comma-separated variable."""
+    origins = env_list(name, [])
+    for origin in origins:
+        parts = urlsplit(origin)
+        if parts.scheme not in ("http", "https") or not parts.netloc or parts.path not in ("", "/") or parts.query:
+            raise ImproperlyConfigured(f"{name} entries must be origins like https://idp.example.org, got {origin!r}")
+    return [origin.rstrip("/") for origin in origins]
+
+
+def _websocket_sources(tls: bool) -> list[str]:
+    """ws(s):// sources for the terminal's WebSocket on every host the portal answers to. CSP3 browsers match
+    same-origin WebSockets with 'self' already; older ones (Chrome < 71, Safari < 16) need these."""
+    sources = []
+    for host in ALLOWED_HOSTS:
+        if host == "*":
+            continue
+        names = [host[1:], f"*{host}"] if host.startswith(".") else [host]
+        sources += [f"{scheme}://{name}" for name in names for scheme in (("wss",) if tls else ("wss", "ws"))]
+    for origin in TRUSTED_ORIGINS:
+        parts = urlsplit(origin)
+        sources.append(f"{'wss' if parts.scheme == 'https' else 'ws'}://{parts.netloc}")
+    return list(dict.fromkeys(sources))
+
+
+# --- Content-Security-Policy (django-csp 4) ---------------------------------------------------------
+# Scripts only from our own static files (an inline script needs the request's nonce: the terminal's
+# import map); inline styles because xterm.js's DOM renderer and htmx insert <style> elements.
+_csp_report_uri = env_str("CLUSTERRA_CSP_REPORT_URI")
+if _csp_report_uri is not None and urlsplit(_csp_report_uri).scheme not in ("http", "https"):
+    raise ImproperlyConfigured(f"CLUSTERRA_CSP_REPORT_URI must be an http(s) URL, got {_csp_report_uri!r}")
+_csp_policy = {
+    "DIRECTIVES": {
+        "default-src": [SELF],
+        "script-src": [SELF, NONCE],
+        "style-src": [SELF, UNSAFE_INLINE],
+        "img-src": [SELF, "data:"],
+        "connect-src": [SELF, *_websocket_sources(tls=BEHIND_TLS_PROXY or SECURE_SSL_REDIRECT)],
+        "object-src": [NONE],
+        "base-uri": [SELF],
+        "frame-ancestors": [NONE],
+        # The IdP's origin for OIDC sign-in (a form posts or redirects there).
+        "form-action": [SELF, *_csp_origins("CLUSTERRA_CSP_FORM_ACTION_ORIGINS")],
+        **({"report-uri": [_csp_report_uri]} if _csp_report_uri else {}),
+    },
+}
+# Report-only: browsers report what the policy would block (console, CLUSTERRA_CSP_REPORT_URI) and block nothing.
+_csp_report_only = env_bool("CLUSTERRA_CSP_REPORT_ONLY", False)  # (django-csp < 4 took CSP_REPORT_ONLY as a setting)
+CONTENT_SECURITY_POLICY = None if _csp_report_only else _csp_policy
+CONTENT_SECURITY_POLICY_REPORT_ONLY = _csp_policy if _csp_report_only else None
 
 LANGUAGE_CODE = "en-us"
 TIME_ZONE = "UTC"

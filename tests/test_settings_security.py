@@ -6,6 +6,8 @@ import stat
 import subprocess
 import sys
 
+import pytest
+
 from tests.conftest import BASE_DIR
 
 
@@ -42,6 +44,7 @@ json.dump({"journal": journal, "modes": modes}, sys.stdout)
 """
 
 
+@pytest.mark.slow  # migrate in a subprocess
 def test_the_embedded_default_keeps_its_data_private(tmp_path):
     """Under the usual umask 022: data directory (and the parents it creates) 0700, database, its WAL
     files and the generated secret key 0600, recordings 0700."""
@@ -71,3 +74,120 @@ def test_the_embedded_default_keeps_its_data_private(tmp_path):
     assert again.returncode == 0, again.stderr[-2000:]
     assert again.stdout.strip() == (data / "secret_key").read_text().strip()
     assert _mode(elsewhere.parent) == 0o700 and _mode(elsewhere) == 0o600
+
+
+ENV_TEMPLATE = BASE_DIR / "deploy" / "clusterra.env.example"
+
+
+def _production_env(tmp_path) -> dict[str, str]:
+    """deploy/clusterra.env.example as an operator installs it: every value as documented, file paths moved
+    under tmp_path, and the secret key file generated the way the template's comment says."""
+    values = {}
+    for line in ENV_TEMPLATE.read_text().splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            name, _, value = line.partition("=")
+            values[name] = str(tmp_path / value.lstrip("/")) if value.startswith("/") else value
+    assert values.get("CLUSTERRA_SECRET_KEY_FILE"), "the template names a secret key file"
+    key_file = tmp_path / "etc" / "clusterra" / "secret_key"
+    key_file.parent.mkdir(parents=True)
+    key_file.write_text(subprocess.run([sys.executable, "-c", "import secrets; print(secrets.token_urlsafe(50))"],
+                                       capture_output=True, text=True, check=True).stdout)
+    values["CLUSTERRA_SECRET_KEY_FILE"] = str(key_file)
+    return _clean_env(**values)
+
+
+def _check_deploy(env: dict[str, str]) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "manage.py", "check", "--deploy", "--fail-level", "WARNING"],
+                          cwd=BASE_DIR, env=env, capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.slow  # five `check --deploy` runs
+def test_the_documented_production_configuration_passes_check_deploy(tmp_path):
+    env = _production_env(tmp_path)
+    result = _check_deploy(env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "System check identified no issues" in result.stdout, result.stdout
+    assert "WARNING" not in result.stdout + result.stderr and "security.W" not in result.stdout + result.stderr
+
+    # Each of the settings matters: without it, check --deploy warns.
+    for name, warning in [("CLUSTERRA_BEHIND_TLS_PROXY", "security.W008"), ("CLUSTERRA_HSTS_SECONDS", "security.W004"),
+                          ("CLUSTERRA_HSTS_PRELOAD", "security.W021"), ("CLUSTERRA_HSTS_INCLUDE_SUBDOMAINS", "security.W005")]:
+        without = {key: value for key, value in env.items() if key != name}
+        if name == "CLUSTERRA_BEHIND_TLS_PROXY":
+            del without["CLUSTERRA_SSL_REDIRECT"]
+        result = _check_deploy(without)
+        assert result.returncode != 0 and warning in result.stderr, (name, result.stderr[-1500:])
+
+
+# Runs in the child with the production environment: the headers a browser gets through nginx (https) and
+# what a plain-http request and a probe get.
+_PROBE_HEADERS = """
+import json, django
+django.setup()
+from django.test import Client
+client = Client(HTTP_HOST="portal.example.org")
+tls = client.get("/accounts/login/", HTTP_X_FORWARDED_PROTO="https")
+plain = client.get("/accounts/login/", HTTP_X_FORWARDED_PROTO="http")
+probe = client.get("/healthz")
+csrf = tls.cookies.get("csrftoken")
+print(json.dumps({
+    "tls": [tls.status_code, dict(tls.headers)], "csrf_cookie_secure": bool(csrf and csrf["secure"]),
+    "plain": [plain.status_code, plain.headers.get("Location")], "probe": probe.status_code,
+}))
+"""
+
+
+def test_the_production_configuration_sends_the_security_headers(tmp_path):
+    import json
+
+    result = subprocess.run([sys.executable, "-c", _PROBE_HEADERS], cwd=BASE_DIR, env=_production_env(tmp_path),
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    status, headers = report["tls"]
+    assert status == 200
+    assert headers["Strict-Transport-Security"] == "max-age=3600; includeSubDomains"
+    assert headers["Referrer-Policy"] == "same-origin" and headers["X-Frame-Options"] == "DENY"
+    policy = dict(part.strip().split(" ", 1) for part in headers["Content-Security-Policy"].split(";"))
+    assert policy["default-src"] == "'self'" and policy["object-src"] == "'none'" and policy["frame-ancestors"] == "'none'"
+    assert policy["script-src"] == "'self'"  # no inline script on this page, so no nonce
+    assert policy["style-src"] == "'self' 'unsafe-inline'" and policy["img-src"] == "'self' data:"
+    assert policy["connect-src"] == "'self' wss://portal.example.org"  # no ws:// behind TLS
+    assert policy["form-action"] == "'self'" and policy["base-uri"] == "'self'"
+    assert "Content-Security-Policy-Report-Only" not in headers
+    assert report["csrf_cookie_secure"]
+    assert report["plain"] == [301, "https://portal.example.org/accounts/login/"]
+    assert report["probe"] == 200
+
+
+def test_report_only_and_the_idp_origin(tmp_path):
+    """The report-only switch moves the policy to the report-only header; the IdP's origin joins form-action."""
+    import json
+
+    env = {**_production_env(tmp_path), "CLUSTERRA_CSP_REPORT_ONLY": "1",
+           "CLUSTERRA_CSP_FORM_ACTION_ORIGINS": "https://idp.example.org/", "CLUSTERRA_CSP_REPORT_URI": "https://csp.example.org/r"}
+    result = subprocess.run([sys.executable, "-c", _PROBE_HEADERS], cwd=BASE_DIR, env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    headers = json.loads(result.stdout.strip().splitlines()[-1])["tls"][1]
+    assert "Content-Security-Policy" not in headers
+    policy = headers["Content-Security-Policy-Report-Only"]
+    assert "form-action 'self' https://idp.example.org;" in policy + ";" and "report-uri https://csp.example.org/r" in policy
+
+
+@pytest.mark.slow  # one start-up per bad value
+def test_bad_security_settings_stop_start_up(tmp_path):
+    base = _clean_env(CLUSTERRA_DATA_DIR=str(tmp_path))
+    for name, value, expected in [
+        ("CLUSTERRA_BEHIND_TLS_PROXY", "sometimes", "CLUSTERRA_BEHIND_TLS_PROXY must be one of"),
+        ("CLUSTERRA_HSTS_SECONDS", "a year", "CLUSTERRA_HSTS_SECONDS must be an integer"),
+        ("CLUSTERRA_HSTS_SECONDS", "-1", "CLUSTERRA_HSTS_SECONDS must be at least 0"),
+        ("CLUSTERRA_HSTS_PRELOAD", "1", "CLUSTERRA_HSTS_PRELOAD needs CLUSTERRA_HSTS_SECONDS"),
+        ("CLUSTERRA_CSP_FORM_ACTION_ORIGINS", "idp.example.org", "CLUSTERRA_CSP_FORM_ACTION_ORIGINS entries must be origins"),
+        ("CLUSTERRA_CSP_FORM_ACTION_ORIGINS", "https://idp.example.org/login", "CLUSTERRA_CSP_FORM_ACTION_ORIGINS entries"),
+        ("CLUSTERRA_CSP_REPORT_URI", "/csp-report", "CLUSTERRA_CSP_REPORT_URI must be an http(s) URL"),
+        ("CLUSTERRA_CSP_REPORT_ONLY", "maybe", "CLUSTERRA_CSP_REPORT_ONLY must be one of"),
+    ]:
+        result = subprocess.run([sys.executable, "-c", "import django; django.setup()"], env={**base, name: value},
+                                cwd=BASE_DIR, capture_output=True, text=True, timeout=60)
+        assert result.returncode != 0 and expected in result.stderr, (name, value, result.stderr[-500:])
