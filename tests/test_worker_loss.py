@@ -310,3 +310,55 @@ def test_a_redis_restart_ends_no_shell_and_loses_no_revocation(cast, transaction
     assert [e["reason"] for e in ends] == ["revoked", "revoked"]
     assert not TerminalSession.objects.filter(ended_at__isnull=True).exists()
     assert set(TerminalSession.objects.values_list("end_reason", flat=True)) == {Reason.REVOKED}
+
+
+@pytest.mark.slow
+@pytest.mark.slurm
+def test_the_job_poller_resumes_by_itself_after_a_redis_restart(slurm_cast, transactional_db, tmp_path, settings,
+                                                                 private_redis):
+    """A real Celery worker and beat on this test's own Redis (broker and poll locks), which is restarted."""
+    import sys
+    from pathlib import Path
+
+    from django.db import connection
+
+    from clusters.models import Cluster
+    from jobs.models import Job
+    from tests.conftest import stop_process
+    from tests.test_slurm_live import submit
+
+    c = slurm_cast
+    Cluster.objects.filter(pk=c.hpc.pk).update(poll_interval=2)
+    s = connection.settings_dict
+    env = {**os.environ, "CLUSTERRA_DATABASE_URL": f"postgres://{s['USER']}@{s['HOST']}:{s['PORT']}/{s['NAME']}",
+           "CLUSTERRA_DATA_DIR": str(tmp_path), "CLUSTERRA_SECRET_KEY": settings.SECRET_KEY,
+           "CLUSTERRA_CELERY_BROKER_URL": private_redis.url, "CLUSTERRA_POLL_TICK": "1"}
+    log = tmp_path / "celery.log"
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "celery", "-A", "clusterra", "worker", "--beat", "--pool=solo", "--loglevel=INFO",
+         f"--schedule={tmp_path / 'beat-schedule'}"],
+        cwd=Path(__file__).resolve().parent.parent, env=env, stdout=open(log, "w"), stderr=subprocess.STDOUT,
+    )
+
+    def cached(job_id):
+        assert worker.poll() is None, log.read_text()[-3000:]
+        return Job.objects.filter(cluster=c.hpc, job_id=job_id, state="COMPLETED").exists()
+
+    def waited(condition, timeout, what):
+        try:
+            return wait_for(condition, timeout, what)
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}; worker log:\n{log.read_text()[-3000:]}") from None
+
+    try:
+        before = submit(c.bob_account, "#!/bin/bash\ntrue\n", name="before-restart")
+        waited(lambda: cached(before), 60, "the poller to cache a job")
+        private_redis.stop()
+        during = submit(c.bob_account, "#!/bin/bash\ntrue\n", name="during-outage")  # Slurm does not need Redis
+        # The worker notices (and must not die of it) before Redis comes back.
+        waited(lambda: "Connection to broker lost" in log.read_text(), 60, "the worker to notice the outage")
+        assert worker.poll() is None, log.read_text()[-3000:]
+        private_redis.start()
+        waited(lambda: cached(during), 120, "the poller to resume after Redis came back")
+    finally:
+        stop_process(worker, timeout=20)
