@@ -45,7 +45,9 @@ for n in $(seq 1 "$workers"); do names+=("daphne-$n"); done
 names+=(celery-worker celery-beat)
 
 # --- processes: pid files hold "pid start-time", so a reused pid is never taken for ours ---------------
-start_time() { awk '{print $22}' "/proc/$1/stat" 2>/dev/null; }
+start_time() {  # of a live process (not a zombie nobody reaped); the fields after "(comm)" start at field 3
+  sed 's/.*) //' "/proc/$1/stat" 2>/dev/null | awk '$1 != "Z" {print $20}'
+}
 pid_of() {  # prints the pid if the process of this pid file still runs
   local pid started
   read -r pid started 2>/dev/null <"$pids/$1.pid" || return 1
@@ -140,10 +142,12 @@ fi
 
 if [ "$action" = down ]; then
   [ -d "$pids" ] || { echo "Nothing started from $state."; exit 0; }
-  stop nginx 10
-  for n in $(seq 1 9); do [ -f "$pids/daphne-$n.pid" ] && stop "daphne-$n" 30; done
-  stop celery-beat 10
-  stop celery-worker 60
+  stop nginx 10  # first: no new requests
+  # The rest side by side (each daphne ends its own sessions; Celery finishes its running tasks).
+  for n in $(seq 1 9); do [ ! -f "$pids/daphne-$n.pid" ] || stop "daphne-$n" 30 & done
+  stop celery-beat 10 &
+  stop celery-worker 60 &
+  wait
   rm -f "$run"/daphne-*.sock "$run"/daphne-*.sock.lock
   exit 0
 fi

@@ -142,11 +142,11 @@ def test_stopping_the_server_ends_a_detached_session(cast, bob_posix, live_daphn
     assert session_pids(sid) == []
 
 
-def open_terminal_as_bob(page, base_url: str):
+def open_terminal_as_bob(page, base_url: str, *, path="/t/acme/c/hpc/terminal/", email="bob@acme.test", password=PASSWORD):
     """Sign in on the login page and wait until the terminal is connected and focused."""
-    page.goto(f"{base_url}/accounts/login/?next=/t/acme/c/hpc/terminal/")
-    page.fill("input[name=username]", "bob@acme.test")
-    page.fill("input[name=password]", PASSWORD)
+    page.goto(f"{base_url}/accounts/login/?next={path}")
+    page.fill("input[name=username]", email)
+    page.fill("input[name=password]", password)
     page.click("button[type=submit]")
     page.wait_for_function("window.clusterraTerminal && window.clusterraTerminal.state === 'connected'", timeout=15000)
     page.locator(".xterm").click()
