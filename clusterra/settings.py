@@ -4,6 +4,7 @@ The embedded default (nothing set) runs on one machine: SQLite and recordings un
 an in-memory channel layer, local accounts. Production sets a database URL, Redis, and a secret key.
 """
 
+import ipaddress
 import secrets
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -58,6 +59,8 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    "clusterra.ops.OpsEndpointsMiddleware",  # /healthz /readyz /metrics, before host checks, redirects and sessions
+    "clusterra.logcontext.RequestContextMiddleware",  # request id and context for log lines
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "csp.middleware.CSPMiddleware",
@@ -290,14 +293,43 @@ TERMINAL_SCROLLBACK_BYTES = env_int("CLUSTERRA_TERMINAL_SCROLLBACK_BYTES", 256 *
 TERMINAL_PATH = env_str("CLUSTERRA_TERMINAL_PATH", "/usr/local/bin:/usr/bin:/bin:/usr/local/sbin:/usr/sbin")
 TERMINAL_LANG = env_str("CLUSTERRA_TERMINAL_LANG", "C.UTF-8")
 
+# --- Logs, health and metrics (clusterra/logcontext.py, clusterra/ops.py, clusterra/metrics.py) -------------
+from clusterra.env import env_choice  # noqa: E402
+
+# json: one JSON object per line with request_id/tenant/user_id/session_id (production); plain: the demo's lines.
+LOG_FORMAT = env_choice("CLUSTERRA_LOG_FORMAT", "plain", ("plain", "json"))
+# Take X-Request-ID from the proxy (only when it overwrites the header, as nginx's `$request_id` does).
+TRUST_REQUEST_ID = env_bool("CLUSTERRA_TRUST_REQUEST_ID", False)
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "filters": {
+        "context": {"()": "clusterra.logcontext.ContextFilter"},
+        "redact": {"()": "clusterra.logcontext.RedactFilter"},
+    },
+    "formatters": {
+        "plain": {"()": "clusterra.logcontext.PlainFormatter", "format": "%(asctime)s %(levelname)s %(name)s: %(message)s%(context)s"},
+        "json": {"()": "clusterra.logcontext.JsonFormatter"},
+    },
+    "handlers": {
+        "console": {"class": "logging.StreamHandler", "formatter": LOG_FORMAT, "filters": ["context", "redact"]},
+    },
     "root": {"handlers": ["console"], "level": env_str("CLUSTERRA_LOG_LEVEL", "INFO")},
     "loggers": {"django.channels.server": {"level": "WARNING"}},
 }
+
+# /metrics: a bearer token, or a direct (not proxied) client in these networks ("none": token only).
+METRICS_TOKEN = env_secret("CLUSTERRA_METRICS_TOKEN")
+if METRICS_TOKEN is not None and len(METRICS_TOKEN) < 16:
+    raise ImproperlyConfigured("CLUSTERRA_METRICS_TOKEN must be at least 16 characters long")
+_metrics_networks = env_list("CLUSTERRA_METRICS_ALLOWED_NETWORKS", ["127.0.0.1/32", "::1/128"])
+try:
+    METRICS_ALLOWED_NETWORKS = [] if _metrics_networks == ["none"] else [
+        ipaddress.ip_network(item, strict=False) for item in _metrics_networks]
+except ValueError as exc:
+    raise ImproperlyConfigured(f"CLUSTERRA_METRICS_ALLOWED_NETWORKS: {exc}") from None
+# The probes answer before SecurityMiddleware; listed anyway for a reordered MIDDLEWARE.
+SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^readyz$", r"^metrics$"]
 
 # --- AWS ---------------------------------------------------------------------------------------
 # The portal is the OIDC issuer AWS trusts for SSM clusters (docs/aws.md): tokens it signs are

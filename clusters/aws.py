@@ -35,6 +35,7 @@ from botocore.exceptions import (
 from django.conf import settings
 
 from accounts.issuer import AWS_TAGS_CLAIM, RUN_AS_TAG, TokenError, mint_aws_token, user_subject, validate_subject
+from clusterra import metrics
 from clusters.models import Cluster
 
 logger = logging.getLogger(__name__)
@@ -301,6 +302,12 @@ def describe_client_error(exc: BaseException, action: str) -> AwsError:
     """An AwsError naming the cause of a botocore failure (ClientError or BotoCoreError) in `action`."""
     if isinstance(exc, AwsError):
         return exc
+    error = _describe_botocore_error(exc, action)
+    metrics.AWS_ERRORS.labels(code=metrics.short_label(error.code)).inc()  # every AWS failure is mapped here, once
+    return error
+
+
+def _describe_botocore_error(exc: BaseException, action: str) -> AwsError:
     if isinstance(exc, ClientError):
         error = exc.response.get("Error", {}) if isinstance(exc.response, dict) else {}
         code = str(error.get("Code") or "Unknown")

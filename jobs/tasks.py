@@ -4,6 +4,7 @@ import logging
 
 from celery import shared_task
 
+from clusterra import metrics
 from clusters.models import Cluster
 from jobs import pollstate, slurm
 from jobs.services import POLL_TIMEOUT, PollError, refresh_jobs, refresh_partitions
@@ -56,11 +57,13 @@ def poll_cluster(cluster_id: int) -> None:
 
 def _poll(cluster: Cluster, conn) -> None:
     try:
-        result = refresh_jobs(cluster)
-        refresh_partitions(cluster)
+        with metrics.timed_poll(cluster):
+            result = refresh_jobs(cluster)
+            refresh_partitions(cluster)
     except (PollError, slurm.SlurmUnavailable) as exc:
         pollstate.record_failure(cluster, str(exc), conn)  # backs off; logs the first failure of an outage only
         return
     pollstate.record_success(cluster, conn)  # logs the recovery after an outage
+    metrics.JOBS_IN_QUEUE.labels(cluster=metrics.cluster_label(cluster)).set(result.jobs_in_queue)
     logger.info("polled %s: %d jobs in queue, %d left, squeue %.3f s", cluster.slug, result.jobs_in_queue,
                 result.jobs_left_queue, result.squeue_seconds)
