@@ -287,6 +287,11 @@ TERMINAL_MAX_FRAME = env_int("CLUSTERRA_TERMINAL_MAX_FRAME", 64 * 1024, minimum=
 TERMINAL_WARNING_SECONDS = env_int("CLUSTERRA_TERMINAL_WARNING_SECONDS", 60, minimum=0)
 # A dropped browser connection may reattach to its live session within this many seconds (0: end at once).
 TERMINAL_REATTACH_GRACE = env_int("CLUSTERRA_TERMINAL_REATTACH_GRACE", 60, minimum=0, maximum=3600)
+# Each portal process renews a lease on its sessions every 2 s; one whose lease ran out this long ago
+# is taken for dead (SIGKILL, OOM): its sessions are ended as worker_lost and its shells killed
+# (terminal/processes.py). Long enough that a busy process is not mistaken for a dead one.
+TERMINAL_WORKER_LEASE_SECONDS = env_int("CLUSTERRA_TERMINAL_WORKER_LEASE_SECONDS", 15, minimum=5, maximum=600)
+CELERY_BEAT_SCHEDULE["reap-lost-portal-processes"] = {"task": "terminal.tasks.reap_lost_portal_processes", "schedule": 5}
 # Recent output kept per session and replayed on reattach (at most the high watermark).
 TERMINAL_SCROLLBACK_BYTES = env_int("CLUSTERRA_TERMINAL_SCROLLBACK_BYTES", 256 * 1024, minimum=0, maximum=16 * 1024 * 1024)
 # PATH given to the user's login shell (their profile may extend it).
