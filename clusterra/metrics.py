@@ -46,6 +46,9 @@ TERMINAL_RELAY_BYTES = Counter(
     "Bytes relayed between browsers and shells: direction=in is keyboard input to the shell, out is shell output.",
     ["direction"],
 )
+PORTAL_PROCESSES_LOST = Counter(
+    "clusterra_portal_processes_lost", "Portal processes declared lost because their lease ran out (terminal/processes.py).",
+)
 TERMINAL_WEBSOCKET_REFUSALS = Counter(
     "clusterra_terminal_websocket_refusals", "Terminal WebSockets refused or closed at connect, by close code.", ["code"],
 )

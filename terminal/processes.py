@@ -29,6 +29,7 @@ from channels.db import database_sync_to_async
 from django.conf import settings
 from django.utils import timezone
 
+from clusterra import metrics
 from clusters import aws
 from clusters.models import CredentialRevocation
 from terminal import actions
@@ -163,6 +164,7 @@ def reap_lost_processes() -> int:
             ended_at=now, end_reason=PortalProcess.EndReason.LEASE_EXPIRED,
         )
         if claimed:
+            metrics.PORTAL_PROCESSES_LOST.inc()
             logger.warning("portal %s stopped renewing its lease (last until %s): ending its sessions", process,
                            process.lease_until.isoformat())
     finished = 0
@@ -184,7 +186,10 @@ def end_orphaned_session(session: TerminalSession, *, reason: str, message: str)
             _terminate_ssm_session(session)
     except Exception:
         logger.exception("terminal session %s: could not stop the orphaned shell", session.pk)
-    return actions.finish_terminal_session(session, reason=reason, message=message)
+    finished = actions.finish_terminal_session(session, reason=reason, message=message)
+    if finished:
+        metrics.TERMINAL_SESSION_ENDS.labels(backend=session.backend, reason=reason).inc()
+    return finished
 
 
 def _kill_local_shell(session: TerminalSession) -> None:

@@ -17,6 +17,7 @@ import pytest
 import redis
 from channels.layers import channel_layers
 from django.utils import timezone
+from prometheus_client import REGISTRY
 
 from clusters.models import CredentialRevocation
 from clusters.spawn import spawn_clean
@@ -67,7 +68,9 @@ def test_lost_process_sessions_are_finished_and_their_shells_killed(cast):
     sid = _spawn_kernel_session(["sh", "-c", "sleep 1001 & sleep 1002"])
     wait_for(lambda: len(session_pids(sid)) >= 3, 10, "the session's processes")
     orphan, healthy = _session(cast, lost, sid=sid), _session(cast, alive)
+    lost_before = REGISTRY.get_sample_value("clusterra_portal_processes_lost_total") or 0
     assert reap_lost_processes() == 1
+    assert REGISTRY.get_sample_value("clusterra_portal_processes_lost_total") == lost_before + 1  # operators see it
     orphan.refresh_from_db(), healthy.refresh_from_db(), lost.refresh_from_db()
     assert orphan.end_reason == Reason.WORKER_LOST and "was lost" in orphan.end_message
     assert healthy.ended_at is None, "a session of a process with a current lease was touched"
