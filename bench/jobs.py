@@ -81,10 +81,11 @@ def timed_get(url, headers, n):
 
 
 def timed_poll(cluster):
-    """One refresh_jobs() and its wall time; if slurmctld is briefly unreachable, wait for it and poll again."""
+    """One refresh_jobs(): wall time, the result, and this process's CPU time (all of the work with SQLite;
+    without the server's share with PostgreSQL). If slurmctld is briefly unreachable, wait and poll again."""
     deadline = time.monotonic() + 120
     while True:
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         try:
             result = refresh_jobs(cluster)
         except PollError as exc:
@@ -93,7 +94,7 @@ def timed_poll(cluster):
             print(f"poll failed, retrying: {exc}", file=sys.stderr)
             time.sleep(2)
             continue
-        return time.perf_counter() - start, result
+        return time.perf_counter() - start, result, time.process_time() - cpu
 
 
 def main():
@@ -118,16 +119,21 @@ def main():
     session.create()
 
     port = free_port()
-    daphne = subprocess.Popen([sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "clusterra.asgi:application"],
-                              cwd=BASE, env=os.environ.copy(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    log_path = Path(DATA) / "daphne.log"
+    with open(log_path, "w") as log:
+        daphne = subprocess.Popen([sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "clusterra.asgi:application"],
+                                  cwd=BASE, env=os.environ.copy(), stdout=log, stderr=subprocess.STDOUT)
     rows = []
     try:
-        for _ in range(100):
+        deadline = time.monotonic() + 120
+        while True:
             try:
                 socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
                 break
             except OSError:
-                time.sleep(0.1)
+                if daphne.poll() is not None or time.monotonic() > deadline:
+                    sys.exit(f"daphne did not start:\n{log_path.read_text()[-3000:]}")
+                time.sleep(0.2)
         executor = LocalExecutor()
         for count in [int(c) for c in args.counts.split(",")]:
             executor.run(account, ["scancel", f"--user={USER}"], timeout=120)
@@ -137,7 +143,7 @@ def main():
                                                 f"--chdir={entry.pw_dir}", "--job-name=bench", "--wrap=true"], timeout=120)
                 assert result.ok, result.error_text()
                 arrays.append(result.stdout.decode().strip().split(";")[0])
-            first_poll, _ = timed_poll(cluster)
+            first_poll, _, first_cpu = timed_poll(cluster)
             steady = [timed_poll(cluster) for _ in range(3)]
             # 1 % of the tasks change: half get another hold reason (they stay queued), half are cancelled
             # (pending tasks that are cancelled leave squeue at once).
@@ -145,7 +151,7 @@ def main():
             subprocess.run(["scontrol", "hold", f"{arrays[0]}_[1-{half}]"], check=True, timeout=120, capture_output=True)
             result = executor.run(account, ["scancel", f"{arrays[0]}_[{half + 1}-{2 * half}]"], timeout=120)
             assert result.ok, result.error_text()
-            after_change, poll = timed_poll(cluster)
+            after_change, poll, change_cpu = timed_poll(cluster)
             # This round's arrays only: tasks cancelled in an earlier round stay in squeue for MinJobAge.
             mine = Job.objects.filter(cluster=cluster, array_job_id__in=[int(a) for a in arrays])
             in_cache = mine.filter(in_queue=True).count()
@@ -153,7 +159,8 @@ def main():
             assert (in_cache, held, left) == (count - half, half, half), (in_cache, held, left)  # right, not only fast
             page = timed_get(f"http://127.0.0.1:{port}/t/bench/c/local/jobs/", {"Cookie": f"sessionid={session.session_key}"}, args.requests)
             api = timed_get(f"http://127.0.0.1:{port}/v1/clusters/{cluster.pk}/jobs", {"Authorization": f"Bearer {token}"}, args.requests)
-            rows.append((count, in_cache, first_poll, statistics.median(s for s, _ in steady), after_change,
+            rows.append((count, in_cache, first_poll, statistics.median(s for s, _, _ in steady), after_change,
+                         (first_cpu, statistics.median(c for _, _, c in steady), change_cpu),
                          getattr(steady[-1][1], "jobs_written", None), getattr(poll, "jobs_written", None),
                          poll.squeue_seconds, page, api))
             executor.run(account, ["scancel", f"--user={USER}"], timeout=120)
@@ -161,12 +168,14 @@ def main():
         daphne.terminate()
         daphne.wait(timeout=20)
 
-    print(f"Job cache benchmark ({os.cpu_count()} CPUs, database {django.db.connection.vendor}, {args.requests} requests each)")
-    print(f"{'queued':>8} {'cached':>8} {'poll first / steady / 1% changed s':>35} {'rows written':>14} {'squeue s':>9} "
-          f"{'My jobs p50/p95 ms':>19} {'API p50/p95 ms':>15}")
-    for count, cached, first_s, steady_s, changed_s, steady_n, changed_n, squeue_s, page, api in rows:
+    print(f"Job cache benchmark ({os.cpu_count()} CPUs, database {django.db.connection.vendor}, {args.requests} requests each, "
+          f"load average {' '.join(f'{x:.1f}' for x in os.getloadavg())} at the end)")
+    print(f"{'queued':>8} {'cached':>8} {'poll first / steady / 1% changed s':>35} {'poll CPU s, same three':>24} "
+          f"{'rows written':>14} {'squeue s':>9} {'My jobs p50/p95 ms':>19} {'API p50/p95 ms':>15}")
+    for count, cached, first_s, steady_s, changed_s, cpu, steady_n, changed_n, squeue_s, page, api in rows:
         written = "–" if steady_n is None else f"{steady_n} / {changed_n}"
-        print(f"{count:>8} {cached:>8} {first_s:>15.2f} / {steady_s:<6.2f} / {changed_s:<8.2f} {written:>14} {squeue_s:>9.2f} "
+        print(f"{count:>8} {cached:>8} {first_s:>15.2f} / {steady_s:<6.2f} / {changed_s:<8.2f} "
+              f"{cpu[0]:>8.2f} / {cpu[1]:.2f} / {cpu[2]:<6.2f} {written:>14} {squeue_s:>9.2f} "
               f"{page[0]:>8.1f} / {page[1]:<8.1f} {api[0]:>6.1f} / {api[1]:<6.1f}")
     print("targets: poll < 1 s at 10k; page and API p95 < 100 ms and about the same at 1k and 10k")
     print(f"reproduce: cd {BASE} && .venv/bin/python bench/jobs.py --counts {args.counts} --requests {args.requests}")

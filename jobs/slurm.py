@@ -173,17 +173,23 @@ def squeue_argv(*, states: str = "all", user: str | None = None, job_ids: list[s
 
 
 def parse_squeue(output: bytes) -> list[QueuedJob]:
-    jobs = []
-    for f in _split_records(decode(output), len(SQUEUE_FIELDS)):
-        is_array = _text(f[2]) != ""  # %F is the job's own id when it is not an array task
-        jobs.append(QueuedJob(
-            job_id=f[0], array_job_id=_int(f[1]) if is_array else None, array_task_id=_text(f[2]),
-            user=f[3], account=_text(f[4]), partition=f[5], state=f[6], reason=_text(f[7]),
-            submit_time=parse_epoch(f[8]), start_time=parse_epoch(f[9]), end_time=parse_epoch(f[10]),
-            time_limit=parse_duration(f[11]), time_used=parse_duration(f[12]), nodes=_int(f[13]), cpus=_int(f[14]),
-            memory_mb=parse_memory_mb(f[15]), node_list=_text(f[16]), work_dir=_text(f[17]), name=f[18],
-        ))
-    return jobs
+    return [queued_job(f) for f in squeue_records(output)]
+
+
+def squeue_records(output: bytes) -> list[list[str]]:
+    """squeue's output as raw field lists in SQUEUE_FIELDS order (the poller parses only the ones that changed)."""
+    return _split_records(decode(output), len(SQUEUE_FIELDS))
+
+
+def queued_job(f: list[str]) -> QueuedJob:
+    is_array = _text(f[2]) != ""  # %F is the job's own id when it is not an array task
+    return QueuedJob(
+        job_id=f[0], array_job_id=_int(f[1]) if is_array else None, array_task_id=_text(f[2]),
+        user=f[3], account=_text(f[4]), partition=f[5], state=f[6], reason=_text(f[7]),
+        submit_time=parse_epoch(f[8]), start_time=parse_epoch(f[9]), end_time=parse_epoch(f[10]),
+        time_limit=parse_duration(f[11]), time_used=parse_duration(f[12]), nodes=_int(f[13]), cpus=_int(f[14]),
+        memory_mb=parse_memory_mb(f[15]), node_list=_text(f[16]), work_dir=_text(f[17]), name=f[18],
+    )
 
 
 # --- sbatch ---------------------------------------------------------------------------------------
