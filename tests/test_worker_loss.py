@@ -25,7 +25,7 @@ from terminal.actions import open_terminal_session, revoke_terminal_sessions
 from terminal.backends.local_pty import session_pids
 from terminal.models import PortalProcess, TerminalSession
 from terminal.processes import close_stale_sessions, reap_lost_processes
-from tests.conftest import _free_port, run_daphne, wait_for
+from tests.conftest import _free_port, run_daphne, stop_process, wait_for
 from tests.terminal_client import WsTerminal, signed_in_cookie, ws_terminal
 
 Reason = TerminalSession.EndReason
@@ -365,3 +365,17 @@ def test_the_job_poller_resumes_by_itself_after_a_redis_restart(slurm_cast, tran
         waited(lambda: cached(during), 120, "the poller to resume after Redis came back")
     finally:
         stop_process(worker, timeout=20)
+
+
+@pytest.mark.slow
+def test_a_daphne_holds_a_lease_from_its_start_and_gives_it_back_when_stopped(transactional_db, tmp_path, settings):
+    """Without any terminal yet it registers (so it reaps lost peers), and a clean stop is not a loss."""
+    with run_daphne(tmp_path, settings, {"CLUSTERRA_WORKER_ID": "7"}) as server:
+        process = wait_for(lambda: PortalProcess.objects.filter(worker="7", pid=server.proc.pid).first(), 30,
+                           "the daphne to register its process")
+        assert process.ended_at is None and process.lease_until > timezone.now()
+        first_lease = process.lease_until
+        wait_for(lambda: PortalProcess.objects.get(pk=process.pk).lease_until > first_lease, 10, "the lease to be renewed")
+        stop_process(server.proc)
+    process.refresh_from_db()
+    assert process.end_reason == PortalProcess.EndReason.STOPPED
