@@ -346,3 +346,31 @@ async def test_output_a_stalled_browser_cannot_take_is_bounded_and_the_loss_is_s
     await client.send_ack(consumer._unacked)
     output = await client.wait_for_output(b"__DONE__\r\n", timeout=15)
     assert b"bytes of output were dropped while the browser was not reading]" in output
+
+
+async def test_an_ssm_session_of_a_lost_portal_process_is_terminated_at_aws(ssm_cluster, fake_aws):
+    """The reaper (terminal/processes.py) ends an SSM session whose daphne died: TerminateSession as its user."""
+    import uuid
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from terminal.actions import open_terminal_session
+    from terminal.models import PortalProcess
+    from terminal.processes import reap_lost_processes
+
+    def orphan():
+        lost = PortalProcess.objects.create(id=uuid.uuid4(), worker="9", hostname="gone", pid=1,
+                                            lease_until=timezone.now() - timedelta(seconds=1))
+        session = open_terminal_session(user=ssm_cluster.bob, tenant_slug="acme", cluster_slug="hpc", working_directory=None,
+                                        client_address=None, user_agent="pytest", owner_id=lost.pk)
+        TerminalSession.objects.filter(pk=session.pk).update(backend_session_id="bob-0123456789abcdef0")
+        return session
+
+    session = await sync_to_async(orphan)()
+    fake_aws.terminate("bob-0123456789abcdef0")
+    assert await sync_to_async(reap_lost_processes)() == 1
+    assert len(fake_aws.stubbers) == 1  # an ssm client as bob was made, and its TerminateSession was called
+    fake_aws.assert_done()
+    row = await sync_to_async(TerminalSession.objects.get)(pk=session.pk)
+    assert row.backend == "ssm" and row.end_reason == "worker_lost"
