@@ -7,8 +7,10 @@ import { WebglAddon } from "@xterm/addon-webgl";
 
 const OP_INPUT = 0x01, OP_RESIZE = 0x02, OP_ACK = 0x03, OP_TERMINATE = 0x04;
 const OP_OUTPUT = 0x81, OP_STATUS = 0x82;
-const ACK_THRESHOLD = 64 * 1024;   // ack at once after this many processed bytes...
-const ACK_DELAY_MS = 100;          // ...else within this long (one ACK per burst, not per keystroke)
+const ACK_THRESHOLD = 64 * 1024;   // ack at once after this many processed bytes (or the server's LOW, if smaller)...
+// ...else within this long. Only the threshold keeps output flowing (the server resumes at LOW); the timer just
+// settles the count, so it can be long: typing at 10 keys/s costs one ACK frame a second, not one per keystroke.
+const ACK_DELAY_MS = 1000;
 const MAX_INPUT_CHUNK = 32 * 1024; // the server closes on frames > 64 KiB (4413): split big pastes
 const CLOSE_NOT_FOUND = 4404, CLOSE_TAKEN_OVER = 4409;
 const RECONNECT_DELAYS_MS = [250, 500, 1000, 2000, 4000, 8000]; // then every 8 s until the grace period is over
@@ -155,7 +157,7 @@ function writeOutput(s, bytes) {
     // Only now has xterm processed these bytes, so only now may they be acknowledged.
     s.pendingWrites--;
     s.unacked += n;
-    if (s.unacked >= ACK_THRESHOLD) sendAck(s);
+    if (s.unacked >= s.ackThreshold) sendAck(s);
     else if (!s.ackTimer) s.ackTimer = setTimeout(() => sendAck(s), ACK_DELAY_MS);
   });
 }
@@ -182,6 +184,7 @@ function handleStatus(s, msg) {
     s.sessionId = msg.session_id;
     s.grace = Number(msg.reattach_grace) || 0;
     s.worker = WORKER_ID.test(msg.worker || "") ? msg.worker : null;
+    s.ackThreshold = Math.min(ACK_THRESHOLD, Number(msg.low_watermark) || ACK_THRESHOLD);
     remembered.set(s.sessionId, s.grace, s.worker);
     if (msg.reattached) {
       // The server replays its recent output next: start from a clean screen, after what is queued.
@@ -238,7 +241,7 @@ function socketPath(attachId, worker) {
 
 function connect(attachId, { onPageLoad = false, droppedAt = 0, attempt = 0, worker = null } = {}) {
   const s = {
-    ws: null, state: "connecting", exited: false, replaced: false, pendingWrites: 0, unacked: 0, ackTimer: 0,
+    ws: null, state: "connecting", exited: false, replaced: false, pendingWrites: 0, unacked: 0, ackTimer: 0, ackThreshold: ACK_THRESHOLD,
     queuedResize: null, sessionId: attachId, attachId, onPageLoad, grace: 0, worker,
   };
   session = s;
