@@ -213,6 +213,8 @@ CLUSTERRA_DATABASE_URL=$db_url
 CLUSTERRA_REDIS_URL=$redis_url
 CLUSTERRA_CELERY_BROKER_URL=${CLUSTERRA_CELERY_BROKER_URL:-$redis_url}
 PROMETHEUS_MULTIPROC_DIR=$state/metrics
+CLUSTERRA_LOG_FORMAT=json
+CLUSTERRA_TRUST_REQUEST_ID=1
 EOF
 chmod 0600 "$env_file.tmp"
 mv "$env_file.tmp" "$env_file"
@@ -298,15 +300,15 @@ else
   launch nginx "${nginx_cmd[@]}" -g "daemon off;"
 fi
 
-# Wait until every daphne answers on its socket and nginx proxies to them.
+# Wait until every daphne is ready on its socket (/readyz: database, channel layer, recordings) and nginx
+# serves a page of the portal.
 deadline=$((SECONDS + ${CLUSTERRA_PROD_START_TIMEOUT:-90}))
-check_path=/accounts/login/
 for target in $(seq 1 "$workers") nginx; do
   while :; do
     if [ "$target" = nginx ]; then
-      name=nginx; status=$(probe "http://127.0.0.1:$port" "$check_path")
+      name=nginx; status=$(probe "http://127.0.0.1:$port" /accounts/login/)
     else
-      name=daphne-$target; status=$(probe "$run/daphne-$target.sock" "$check_path")
+      name=daphne-$target; status=$(probe "$run/daphne-$target.sock" /readyz)
     fi
     [ "$status" = 200 ] && break
     if ! running "$name" || [ $SECONDS -ge $deadline ]; then

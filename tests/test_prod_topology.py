@@ -166,6 +166,17 @@ def test_sign_in_through_nginx_checks_csrf_against_the_public_origin(prod):
     assert refused.status_code == 403 and "sessionid" not in other.cookies
 
 
+def test_the_request_id_is_nginxs_and_a_client_cannot_choose_it(prod):
+    answer = requests.get(f"{prod.url}/accounts/login/", headers={"X-Request-ID": "chosen-by-the-client"}, timeout=20)
+    request_id = answer.headers["X-Request-ID"]  # echoed by the portal (CLUSTERRA_TRUST_REQUEST_ID)
+    assert re.fullmatch(r"[0-9a-f]{32}", request_id), request_id
+    log = prod.state / "log" / "nginx-access.log"
+    deadline = time.monotonic() + 10
+    while f"request_id={request_id} " not in log.read_text():  # nginx writes the line when the request is done
+        assert time.monotonic() < deadline, "nginx's access log lacks the id the portal answered with"
+        time.sleep(0.1)
+
+
 def test_static_files_and_the_terminal_page_come_through_nginx(prod):
     for path, source in [
         ("/static/terminal/terminal.js", BASE_DIR / "static" / "terminal" / "terminal.js"),
