@@ -244,6 +244,14 @@ def test_daphne_json_logs_have_request_context_and_no_token_or_password(cast, tr
 
 
 # --- several processes: aggregated metrics and Celery outcomes --------------------------------------
+def _sample(url: str, name: str, **labels) -> float | None:
+    for family in text_string_to_metric_families(requests.get(f"{url}/metrics", timeout=10).text):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                return sample.value
+    return None
+
+
 @pytest.mark.slow
 def test_metrics_of_celery_worker_and_daphne_aggregate_and_request_id_reaches_the_task(transactional_db, tmp_path, settings):
     from celery import Celery
@@ -289,6 +297,20 @@ def test_metrics_of_celery_worker_and_daphne_aggregate_and_request_id_reaches_th
                 time.sleep(0.3)
             # the values live in the worker's files; daphne (another process) serves them
             assert any(name.startswith("counter_") for name in os.listdir(multiproc))
+
+            # A process holding a live session is SIGKILLed: its session stops counting at the next scrape.
+            holder = subprocess.Popen(
+                [sys.executable, "-c", "import sys, time; from clusterra import metrics; "
+                 "metrics.TERMINAL_SESSIONS_LIVE.labels(backend='local').inc(); print('ready', flush=True); time.sleep(600)"],
+                cwd=BASE_DIR, env=env, stdout=subprocess.PIPE, text=True,
+            )
+            try:
+                assert holder.stdout.readline().strip() == "ready"
+                assert _sample(url, "clusterra_terminal_sessions_live", backend="local") == 1.0
+            finally:
+                holder.kill()
+                holder.wait(10)
+            assert _sample(url, "clusterra_terminal_sessions_live", backend="local") in (None, 0.0)
         finally:
             stop_process(worker, timeout=20)
             sender.close()
