@@ -71,6 +71,9 @@ def test_bad_settings_stop_start_up(tmp_path):
         ("CLUSTERRA_SECRET_KEY", "short", "at least 32 characters"),
         ("CLUSTERRA_TRUSTED_ORIGINS", "portal.example.org", "need a scheme"),
         ("CLUSTERRA_WORKER_ID", "Daphne-1", "CLUSTERRA_WORKER_ID must be 1-16 lowercase letters or digits"),
+        ("CLUSTERRA_LOG_FORMAT", "xml", "CLUSTERRA_LOG_FORMAT must be one of plain, json"),
+        ("CLUSTERRA_METRICS_TOKEN", "short", "CLUSTERRA_METRICS_TOKEN must be at least 16 characters"),
+        ("CLUSTERRA_METRICS_ALLOWED_NETWORKS", "10.0.0.0/8,intranet", "CLUSTERRA_METRICS_ALLOWED_NETWORKS:"),
     ]:
         result = subprocess.run(
             [sys.executable, "-c", "import django; django.setup()"], env={**base_env, name: value},
