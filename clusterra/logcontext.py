@@ -201,10 +201,15 @@ class RedactFilter(logging.Filter):
             except Exception:  # a bad format string: let the formatter report it as usual
                 return True
             record.msg, record.args = redact_text(message), None
+        if record.exc_text:  # a traceback another handler formatted (and cached) first
+            record.exc_text = redact_text(record.exc_text)
         for key, value in list(record.__dict__.items()):
-            if key in _STANDARD_ATTRS or isinstance(value, (int, float, bool)) or value is None:
+            if key in _STANDARD_ATTRS or value is None:
                 continue
-            record.__dict__[key] = REDACTED if _sensitive_key(key) else redact_value(value)
+            if _sensitive_key(key):
+                record.__dict__[key] = REDACTED
+            elif not isinstance(value, (int, float, bool)):
+                record.__dict__[key] = redact_value(value)
         return True
 
 

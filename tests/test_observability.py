@@ -162,7 +162,16 @@ def test_json_lines_carry_the_context_and_never_a_secret():
     jwt = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJ0ZW5hbnQtMS11c2VyLTIifQ.c2lnbmF0dXJlLXNpZ25hdHVyZQ"
     handler, stream = _json_handler()
     log = logging.getLogger("clusterra.test.redaction")
+    other = logging.StreamHandler(io.StringIO())  # formats (and caches the traceback text) before ours
+    other.setFormatter(logging.Formatter())
+    plain_stream = io.StringIO()
+    plain = logging.StreamHandler(plain_stream)  # the demo's format, with the same filters
+    plain.setFormatter(logcontext.PlainFormatter("%(levelname)s %(message)s%(context)s"))
+    plain.addFilter(logcontext.ContextFilter())
+    plain.addFilter(logcontext.RedactFilter())
+    log.addHandler(other)
     log.addHandler(handler)
+    log.addHandler(plain)
     log.propagate = False
     try:
         with logcontext.bound(request_id="rid-1", session_id="sess-9"):
@@ -176,11 +185,14 @@ def test_json_lines_carry_the_context_and_never_a_secret():
                 log.exception("failed")
         log.info("outside")
     finally:
-        log.removeHandler(handler)
+        for h in (other, handler, plain):
+            log.removeHandler(h)
     text = stream.getvalue()
     for secret in (api_token, "S3cr3t", jwt, "oidc-code-123", "oidc-state-456", "hunter2", "abc123", "tv-secret",
                    "sig=1", "k" * 20):
         assert secret not in text, secret
+        assert secret not in plain_stream.getvalue(), secret
+    assert "[request_id=rid-1 session_id=sess-9]" in plain_stream.getvalue()
     lines = [json.loads(line) for line in text.splitlines()]
     first, failed, outside = lines
     assert first["request_id"] == "rid-1" and first["session_id"] == "sess-9" and first["level"] == "WARNING"
