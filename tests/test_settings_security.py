@@ -191,3 +191,19 @@ def test_bad_security_settings_stop_start_up(tmp_path):
         result = subprocess.run([sys.executable, "-c", "import django; django.setup()"], env={**base, name: value},
                                 cwd=BASE_DIR, capture_output=True, text=True, timeout=60)
         assert result.returncode != 0 and expected in result.stderr, (name, value, result.stderr[-500:])
+
+
+def test_templates_have_no_inline_script_without_the_nonce():
+    """What the policy would refuse: inline scripts without the request's nonce, event-handler attributes,
+    javascript: URLs. (tests/test_browser_csp.py sees the pages themselves; this covers every template.)"""
+    import re
+
+    found = []
+    for template in sorted((BASE_DIR / "templates").rglob("*.html")):
+        text = template.read_text()
+        for tag in re.findall(r"<script\b[^>]*>", text):
+            if "src=" not in tag and 'nonce="{{ request.csp_nonce }}"' not in tag:
+                found.append((template.name, tag))
+        found += [(template.name, attr) for attr in re.findall(r"""\son[a-z]+\s*=\s*["'][^"']*""", text)]
+        found += [(template.name, url) for url in re.findall(r"javascript:[^\"']*", text)]
+    assert not found, found
