@@ -19,7 +19,7 @@ from ninja.utils import check_csrf
 
 from accounts.services import authenticate_api_token
 from clusters.models import Cluster, ClusterAccount
-from jobs import actions, queries, slurm, validation
+from jobs import actions, pollstate, queries, slurm, validation
 from jobs.models import Job, Partition
 
 MAX_TAIL_LINES = 10_000
@@ -135,6 +135,17 @@ def active_account(request, cluster: Cluster) -> ClusterAccount:
 
 
 # --- schemas --------------------------------------------------------------------------------------
+class PollOut(Schema):
+    """The job poller's last result for the cluster: how fresh the job cache is (jobs.pollstate)."""
+
+    ok_at: datetime | None  # the last good poll: lists and details show the queue as of then
+    failing: bool
+    error: str  # the last failure, e.g. "Slurm on X is not answering (slurmctld unreachable: ...)"
+    error_at: datetime | None
+    down_since: datetime | None  # while failing
+    retry_in: int | None  # seconds until the next try, while failing
+
+
 class ClusterOut(Schema):
     id: int
     name: str
@@ -142,6 +153,7 @@ class ClusterOut(Schema):
     tenant: str
     backend: str
     posix_username: str | None
+    poll: PollOut | None  # None: not polled yet, or its state is not reachable
 
 
 class JobOut(Schema):
@@ -233,9 +245,17 @@ def list_clusters(request):
     accounts = {a.cluster_id: a for a in ClusterAccount.objects.filter(user=request.user)}
     return [
         ClusterOut(id=c.pk, name=c.name, slug=c.slug, tenant=c.tenant.slug, backend=c.backend,
-                   posix_username=accounts[c.pk].posix_username if c.pk in accounts else None)
+                   posix_username=accounts[c.pk].posix_username if c.pk in accounts else None, poll=_poll_out(c))
         for c in visible_clusters(request)
     ]
+
+
+def _poll_out(cluster: Cluster) -> PollOut | None:
+    state = pollstate.read(cluster)
+    if state is None:
+        return None
+    return PollOut(ok_at=state.ok_at, failing=state.failing, error=state.error, error_at=state.error_at,
+                   down_since=state.down_since, retry_in=state.retry_in)
 
 
 @api.get("/clusters/{cluster_id}/partitions", response={200: list[PartitionOut], **errors(400, 404)},

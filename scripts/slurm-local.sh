@@ -7,6 +7,7 @@
 #   scripts/slurm-local.sh selftest  submit/complete/sacct/permission checks as user slurm-selftest
 #   scripts/slurm-local.sh reset     stop, wipe the job state and the accounting DB, up
 #   scripts/slurm-local.sh stop-ctld   stop only slurmctld (outage tests); start-ctld starts it again
+#                                    (SLURM_LOCAL_LOCK_HELD=1: the caller holds /run/slurm-local/lock)
 # Knobs: SLURM_LOCAL_CPUS (8), SLURM_LOCAL_MEM_MB (8192), SLURM_LOCAL_DB_PASS (test-only password).
 # See docs/slurm-local.md.
 set -euo pipefail
@@ -14,6 +15,7 @@ set -euo pipefail
 CPUS=${SLURM_LOCAL_CPUS:-8}
 MEM_MB=${SLURM_LOCAL_MEM_MB:-8192}
 DB_PASS=${SLURM_LOCAL_DB_PASS:-slurmdb-test-only}   # TEST-ONLY secret, see docs/slurm-local.md
+LOCK_HELD=${SLURM_LOCAL_LOCK_HELD:-}   # read before every SLURM_* variable is unset below
 # No SLURM_* variable of the caller (SLURM_JWT above all, SLURM_CONF, SLURM_TIME_FORMAT...) may reach
 # the Slurm commands or the daemons run from here.
 while read -r _v; do unset "$_v"; done < <(compgen -e | grep '^SLURM_' || true)
@@ -405,6 +407,9 @@ is_up() {  # cheap check that everything answers (the no-op path of 'up')
 }
 
 lock() {
+  # A caller that holds $RUN/lock itself around several commands (an outage test: no other 'up' may
+  # restart slurmctld in between) says so; everyone else waits for it here.
+  [ "$LOCK_HELD" = 1 ] && return 0
   install -d -m 755 "$RUN"
   exec 9>"$RUN/lock"
   flock -w 300 9 || die "another slurm-local.sh holds $RUN/lock (waited 300 s)"
@@ -585,5 +590,5 @@ case ${1:-} in
   reset) cmd_reset ;;
   stop-ctld) cmd_stop_ctld ;;
   start-ctld) cmd_start_ctld ;;
-  *) sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2 ;;
+  *) sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2 ;;
 esac

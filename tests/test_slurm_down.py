@@ -6,6 +6,8 @@ its state, and when slurmctld is back everything recovers by itself. Other peopl
 machine fail while the controller is down: keep this the only such test and the outage short.
 """
 
+import contextlib
+import fcntl
 import os
 import subprocess
 import sys
@@ -32,14 +34,34 @@ OUTAGE_LOG = "poll of cluster hpc failed"
 RECOVERY_LOG = "poll of cluster hpc works again"
 
 
-def wait_until(condition, timeout: float, what: str, step: float = 0.3):
+def wait_until(condition, timeout: float, what: str, step: float = 0.3, explain=lambda: ""):
     deadline = time.monotonic() + timeout
     while True:
         value = condition()
         if value:
             return value
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        assert time.monotonic() < deadline, f"timed out waiting for {what}\n{explain()}"
         time.sleep(step)
+
+
+@contextlib.contextmanager
+def slurm_local_lock(timeout: float = 300):
+    """Hold scripts/slurm-local.sh's lock, so that no other run's `slurm-local.sh up` on this machine
+    restarts slurmctld in the middle of the outage (it waits for the lock instead)."""
+    os.makedirs("/run/slurm-local", exist_ok=True)
+    with open("/run/slurm-local/lock", "a") as lock:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                assert time.monotonic() < deadline, "another slurm-local.sh held its lock for 300 s"
+                time.sleep(0.2)
+        try:
+            yield {**os.environ, "SLURM_LOCAL_LOCK_HELD": "1"}
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def timed(call):
@@ -84,64 +106,73 @@ def test_slurmctld_down_503s_banner_backoff_and_recovery(slurm_cast, settings, t
     )
     log = log_path.read_text
     try:
-        first = wait_until(lambda: (s := pollstate.read(c.hpc)) and s.ok_at and s, 60, "a first good poll")
+        first = wait_until(lambda: (s := pollstate.read(c.hpc)) and s.ok_at and s, 120, "a first good poll",
+                           explain=lambda: log()[-3000:])
         assert not first.failing
 
-        subprocess.run([SLURM_LOCAL, "stop-ctld"], check=True, timeout=60, capture_output=True)
-        stopped_at = time.monotonic()
-        try:
-            # Actions need slurmctld: 503 naming the cause, each within its bounded timeout (run side by side).
-            calls = {
-                "api submit": lambda: Client().post(jobs_url, {"script": "#!/bin/sh\ntrue\n"}, content_type="application/json", **auth),
-                "api cancel": lambda: Client().delete(f"{jobs_url}/4242427", **auth),
-                "api output": lambda: Client().get(f"{jobs_url}/4242427/output", **auth),
-                "page submit": lambda: browser.post(f"{pages}/jobs/submit/", {"script_path": script}),
-                "page cancel": lambda: browser.post(f"{pages}/jobs/4242427/cancel/"),
-            }
-            with ThreadPoolExecutor(len(calls)) as pool:
-                futures = {name: pool.submit(timed, call) for name, call in calls.items()}
-                answers = {name: f.result(timeout=90) for name, f in futures.items()}
-            for name, (response, seconds) in answers.items():
-                assert response.status_code == 503, (name, response.status_code, response.content[:500])
-                assert seconds < 40, (name, seconds)  # the executor's 30 s timeout bounds every Slurm call
-                text = response.json()["detail"] if name.startswith("api") else response.content.decode()
-                assert f"Slurm on {c.hpc.name} is not answering" in text, (name, text[:1000])
-                assert "Unable to contact slurm controller" in text, (name, text[:1000])
-            assert answers["api submit"][0]["Retry-After"]
+        with slurm_local_lock() as lock_env:
+            subprocess.run([SLURM_LOCAL, "stop-ctld"], check=True, timeout=60, capture_output=True, env=lock_env)
+            stopped_at = time.monotonic()
+            try:
+                # Actions need slurmctld: 503 naming the cause, each within its bounded timeout (run side by side).
+                calls = {
+                    "api submit": lambda: Client().post(jobs_url, {"script": "#!/bin/sh\ntrue\n"}, content_type="application/json", **auth),
+                    "api cancel": lambda: Client().delete(f"{jobs_url}/4242427", **auth),
+                    "api output": lambda: Client().get(f"{jobs_url}/4242427/output", **auth),
+                    "page submit": lambda: browser.post(f"{pages}/jobs/submit/", {"script_path": script}),
+                    "page cancel": lambda: browser.post(f"{pages}/jobs/4242427/cancel/"),
+                }
+                with ThreadPoolExecutor(len(calls)) as pool:
+                    futures = {name: pool.submit(timed, call) for name, call in calls.items()}
+                    answers = {name: f.result(timeout=90) for name, f in futures.items()}
+                for name, (response, seconds) in answers.items():
+                    assert response.status_code == 503, (name, response.status_code, response.content[:500])
+                    assert seconds < 40, (name, seconds)  # the executor's 30 s timeout bounds every Slurm call
+                    text = response.json()["detail"] if name.startswith("api") else response.content.decode()
+                    assert f"Slurm on {c.hpc.name} is not answering" in text, (name, text[:1000])
+                    assert "Unable to contact slurm controller" in text, (name, text[:1000])
+                assert answers["api submit"][0]["Retry-After"]
 
-            # The poller: failing, backing off, the outage logged once.
-            state = wait_until(lambda: (s := pollstate.read(c.hpc)) and s.failures >= 2 and s, 60, "two failed polls")
-            assert "Unable to contact slurm controller" in state.error and state.ok_at is not None
-            assert state.retry_in is not None and state.retry_in <= pollstate.BACKOFF_MAX
-            assert log().count(OUTAGE_LOG) == 1, log()[-3000:]
-            # Pages that read the cache still render, with the banner; the job page does not wait for Slurm.
-            listing = browser.get(f"{pages}/jobs/")
-            assert listing.status_code == 200 and b"4242427" in listing.content
-            body = listing.content.decode()
-            assert f"Slurm on {c.hpc.name} is not answering" in body and "showing cached data from" in body
-            started = time.monotonic()
-            detail = browser.get(f"{pages}/jobs/4242427/")
-            assert detail.status_code == 200 and "is not answering" in detail.content.decode()
-            assert time.monotonic() - started < 5
-            cluster_page = browser.get(f"{pages}/")
-            assert cluster_page.status_code == 200 and "failing since" in cluster_page.content.decode()
-            assert "Unable to contact slurm controller" in cluster_page.content.decode()
-            api_list = Client().get(jobs_url, **auth)
-            assert api_list.status_code == 200 and "4242427" in {j["job_id"] for j in api_list.json()["items"]}
-        finally:
-            restart = subprocess.run([SLURM_LOCAL, "start-ctld"], timeout=120, capture_output=True, text=True)
-            if restart.returncode != 0:  # never leave the shared Slurm down
-                subprocess.run([SLURM_LOCAL, "up"], timeout=300, capture_output=True)
-            assert restart.returncode == 0, restart.stdout + restart.stderr
-            outage = time.monotonic() - stopped_at
+                # The poller: failing, backing off, the outage logged once.
+                state = wait_until(lambda: (s := pollstate.read(c.hpc)) and s.failures >= 2 and s, 90, "two failed polls",
+                               explain=lambda: log()[-3000:])
+                assert "Unable to contact slurm controller" in state.error and state.ok_at is not None
+                assert state.retry_in is not None and state.retry_in <= pollstate.BACKOFF_MAX
+                assert log().count(OUTAGE_LOG) == 1, log()[-3000:]
+                # Pages that read the cache still render, with the banner; the job page does not wait for Slurm.
+                listing = browser.get(f"{pages}/jobs/")
+                assert listing.status_code == 200 and b"4242427" in listing.content
+                body = listing.content.decode()
+                assert f"Slurm on {c.hpc.name} is not answering" in body and "showing cached data from" in body
+                started = time.monotonic()
+                detail = browser.get(f"{pages}/jobs/4242427/")
+                assert detail.status_code == 200 and "is not answering" in detail.content.decode()
+                assert time.monotonic() - started < 5
+                cluster_page = browser.get(f"{pages}/")
+                assert cluster_page.status_code == 200 and "failing since" in cluster_page.content.decode()
+                assert "Unable to contact slurm controller" in cluster_page.content.decode()
+                api_list = Client().get(jobs_url, **auth)
+                assert api_list.status_code == 200 and "4242427" in {j["job_id"] for j in api_list.json()["items"]}
+                [listed] = Client().get("/v1/clusters", **auth).json()  # how fresh the cache is, for API clients
+                assert listed["poll"]["failing"] and "Unable to contact slurm controller" in listed["poll"]["error"]
+            finally:
+                restart = subprocess.run([SLURM_LOCAL, "start-ctld"], timeout=120, capture_output=True, text=True,
+                                         env=lock_env)
+                if restart.returncode != 0:  # never leave the shared Slurm down
+                    subprocess.run([SLURM_LOCAL, "up"], timeout=300, capture_output=True, env=lock_env)
+                assert restart.returncode == 0, restart.stdout + restart.stderr
+                outage = time.monotonic() - stopped_at
         print(f"slurmctld was down for {outage:.1f} s")
 
         # Back: the poller finds out by itself (after at most its current back-off), once.
-        wait_until(lambda: (s := pollstate.read(c.hpc)) and not s.failing and s.ok_at > first.ok_at, 150, "recovery")
+        wait_until(lambda: (s := pollstate.read(c.hpc)) and not s.failing and s.ok_at > first.ok_at, 150, "recovery",
+                   explain=lambda: log()[-3000:])
         assert log().count(RECOVERY_LOG) == 1 and log().count(OUTAGE_LOG) == 1, log()[-3000:]
         listing = browser.get(f"{pages}/jobs/")
         assert listing.status_code == 200 and "is not answering" not in listing.content.decode()
         assert "last good poll" in browser.get(f"{pages}/").content.decode()
+        [listed] = Client().get("/v1/clusters", **auth).json()
+        assert not listed["poll"]["failing"] and listed["poll"]["ok_at"]
         submitted = Client().post(jobs_url, {"script": "#!/bin/sh\ntrue\n"}, content_type="application/json", **auth)
         assert submitted.status_code == 201, submitted.content
     finally:
