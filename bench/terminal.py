@@ -910,7 +910,7 @@ class Bench:
         await asyncio.gather(*(s.close() for s in sessions), return_exceptions=True)
         if any(s.target == "ttyd" for s in sessions):
             self.servers.hang_up_ttyd_shells()
-        await self.settle()
+        await self.settle(max(20.0, 0.1 * len(sessions)))  # ending a thousand shells takes a while
 
     async def settle(self, timeout: float = 20) -> None:
         """Wait until the shells of the previous scenario are gone, so they don't skew the next one."""

@@ -11,6 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+from django.conf import settings
 from django.db import connection
 
 from accounts.models import User
@@ -159,7 +160,7 @@ def _wait_for(predicate, timeout=10.0):
         time.sleep(0.1)
 
 
-def _wait_for_line(page, text: str, exact: bool = True):
+def _wait_for_line(page, text: str, exact: bool = True, timeout: int = 10000):
     page.wait_for_function(
         """([text, exact]) => {
             const buf = window.clusterraTerminal.term.buffer.active;
@@ -169,7 +170,7 @@ def _wait_for_line(page, text: str, exact: bool = True):
             }
             return false;
         }""",
-        arg=[text, exact], timeout=10000,
+        arg=[text, exact], timeout=timeout,
     )
 
 
@@ -242,3 +243,34 @@ def test_a_dropped_connection_reattaches_by_itself(cast, bob_posix, live_daphne,
         assert "Connected" in page.locator(".terminal-status").inner_text()
     finally:
         proxy.close()
+
+
+def test_the_page_acks_typing_about_once_a_second_and_bulk_output_at_the_threshold(cast, bob_posix, live_daphne, browser_page):
+    """Every ACK frame costs the relay as much as a keystroke, so typing must not send one per echo; output larger
+    than the ack window must still flow (docs/terminal-protocol.md, Flow control)."""
+    page = browser_page
+    sent = []  # (time, payload) of every frame the page sends
+    page.on("websocket", lambda ws: ws.on("framesent", lambda payload: sent.append((time.monotonic(), payload))))
+    open_terminal_as_bob(page, live_daphne)
+    page.keyboard.type("cat > /dev/null\n")
+    _wait_for_line(page, "cat > /dev/null", exact=False)
+    start = time.monotonic()
+    page.keyboard.type("x" * 30, delay=100)  # 10 keys/s, each echoed by the tty
+    _wait_for_line(page, "x" * 30)
+    typed_for = time.monotonic() - start
+
+    def acks_since(t):
+        return [p for at, p in sent if at >= t and isinstance(p, bytes) and p[:1] == b"\x03"]
+
+    inputs = [p for at, p in sent if at >= start and isinstance(p, bytes) and p[:1] == b"\x01"]
+    assert len(inputs) >= 30
+    assert len(acks_since(start)) <= typed_for + 2, f"{len(acks_since(start))} ACKs for {len(inputs)} keystrokes"
+    deadline = time.monotonic() + 5
+    while not acks_since(start):  # the echoes are acknowledged all the same, within a second
+        assert time.monotonic() < deadline, "no ACK within 5 s of the echoes"
+        page.wait_for_timeout(50)
+    # Twice the ack window (512 KiB): it only finishes if the page acks at the threshold while it renders.
+    page.keyboard.press("Control+C")
+    page.keyboard.type("head -c 1100000 /dev/zero | tr '\\0' y | fold -w 1000; echo; echo __BU''LK__\n")
+    _wait_for_line(page, "__BULK__", timeout=60000)
+    assert sum(int.from_bytes(p[1:5], "big") for p in acks_since(start)) >= 1_100_000 - settings.TERMINAL_HIGH_WATERMARK
