@@ -191,7 +191,7 @@ def run_daphne(tmp_path, settings, extra_env: dict[str, str] | None = None, laun
             cwd=BASE_DIR, env=env, stdout=log, stderr=subprocess.STDOUT,
         )
     try:
-        deadline = time.monotonic() + 20
+        deadline = time.monotonic() + 60  # importing Django and the apps takes over 20 s on two busy cores
         while True:
             try:
                 socket.create_connection(("127.0.0.1", port), timeout=0.2).close()

@@ -47,6 +47,8 @@ def poller(cluster_id: int, stop_file: str) -> None:
             refresh_jobs(cluster)
             refresh_partitions(cluster)
             polls += 1
+            if polls == 1:
+                open(f"{stop_file}.running", "w").close()  # the test starts its requests now
             until = time.monotonic() + 0.1
             while time.monotonic() < until:
                 with transaction.atomic():

@@ -9,9 +9,11 @@ import os
 import subprocess
 import sys
 import threading
+import time
 import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 
@@ -59,17 +61,22 @@ def test_two_web_processes_and_the_poller_share_the_sqlite_file(tmp_path, settin
 
     stop_file = tmp_path / "stop-poller"
     poller_log = tmp_path / "poller.log"
-    with open(poller_log, "w") as log:
-        poller = subprocess.Popen([sys.executable, "-m", "tests.sqlite_load", "poller", str(cluster_id), str(stop_file)],
-                                  cwd=BASE_DIR, env=env, stdout=subprocess.PIPE, stderr=log, text=True)
     sqlite_url = {"CLUSTERRA_DATABASE_URL": env["CLUSTERRA_DATABASE_URL"]}
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
     answers: list[tuple[str, int, str]] = []
     lock = threading.Lock()
-    try:
-        with run_daphne(tmp_path / "a", settings, sqlite_url) as web_a, run_daphne(tmp_path / "b", settings, sqlite_url) as web_b:
-            servers = [web_a, web_b]
+    with run_daphne(tmp_path / "a", settings, sqlite_url) as web_a, run_daphne(tmp_path / "b", settings, sqlite_url) as web_b:
+        servers = [web_a, web_b]
+        # The poller starts once both processes serve, so that their start-up does not compete with it for the CPU.
+        with open(poller_log, "w") as log:
+            poller = subprocess.Popen([sys.executable, "-m", "tests.sqlite_load", "poller", str(cluster_id), str(stop_file)],
+                                      cwd=BASE_DIR, env=env, stdout=subprocess.PIPE, stderr=log, text=True)
+        try:
+            deadline = time.monotonic() + 60
+            while not Path(f"{stop_file}.running").exists():
+                assert poller.poll() is None and time.monotonic() < deadline, "the poller did not start"
+                time.sleep(0.1)
 
             def call(i: int, method: str, path: str, body=None) -> tuple[int, str]:
                 status, text = _call(servers[i % 2], method, path, token, body)
@@ -86,15 +93,15 @@ def test_two_web_processes_and_the_poller_share_the_sqlite_file(tmp_path, settin
                 job_ids = [j for j in pool.map(submit, range(JOBS)) if j]
                 list(pool.map(lambda ij: call(ij[0], "DELETE", f"/v1/clusters/{cluster_id}/jobs/{ij[1]}"),
                               enumerate(job_ids)))
-            logs = [server.log_path.read_text() for server in servers]
-    finally:
-        stop_file.touch()
-        try:
-            out, _ = poller.communicate(timeout=60)
-        except subprocess.TimeoutExpired:
-            stop_process(poller)
-            out = ""
-        subprocess.run(["scancel", f"--user={posix_user.pw_name}"], timeout=30)
+        finally:
+            stop_file.touch()
+            try:
+                out, _ = poller.communicate(timeout=60)
+            except subprocess.TimeoutExpired:
+                stop_process(poller)
+                out = ""
+            subprocess.run(["scancel", f"--user={posix_user.pw_name}"], timeout=30)
+        logs = [server.log_path.read_text() for server in servers]
 
     summary = json.loads(out.strip().splitlines()[-1]) if out.strip() else {"errors": ["poller printed nothing"]}
     failed = [a for a in answers if not 200 <= a[1] < 300]
