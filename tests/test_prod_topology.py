@@ -12,6 +12,7 @@ import pwd
 import random
 import re
 import secrets
+import shutil
 import signal
 import subprocess
 import tempfile
@@ -30,6 +31,14 @@ from terminal import protocol
 from terminal.backends.local_pty import session_pids
 from tests.conftest import BASE_DIR, _free_port
 from tests.terminal_client import WsTerminal
+
+# The browser tests' Chromium, sign-in step and cuttable proxy.
+from tests.test_browser import (
+    CuttableProxy,
+    _wait_for_line,
+    chromium_page,
+    open_terminal_as_bob,
+)
 
 pytestmark = [pytest.mark.slow]
 
@@ -71,11 +80,11 @@ class Prod:
         return rows
 
     def run(self, action: str, timeout: float = 300) -> subprocess.CompletedProcess:
-        return subprocess.run([str(SCRIPT), action], env=self.env, capture_output=True, text=True, timeout=timeout)
+        return subprocess.run([str(SCRIPT), action], check=False, env=self.env, capture_output=True, text=True, timeout=timeout)
 
 
 @pytest.fixture(scope="module")
-def prod():
+def prod(request):
     state = Path(tempfile.mkdtemp(prefix="ctopo-", dir="/tmp"))  # short: unix socket paths are limited
     port = _free_port()
     db_name = f"clusterra_topo_{secrets.token_hex(4)}"
@@ -92,6 +101,7 @@ def prod():
     }
     env.pop("CLUSTERRA_CELERY_BROKER_URL", None)  # the broker follows the channel layer's isolated index
     instance = Prod(f"http://127.0.0.1:{port}", state, db_name, password, env)
+    failed_before = request.session.testsfailed
     try:
         up = instance.run("up")
         assert up.returncode == 0, f"prod-local.sh up failed:\n{up.stdout[-3000:]}\n{up.stderr[-3000:]}"
@@ -108,6 +118,8 @@ def prod():
     status = instance.run("status", timeout=60)
     assert status.returncode == 3 and "running" not in status.stdout, status.stdout
     assert not list((state / "run").glob("daphne-*.sock")), "down left sockets behind"
+    if request.session.testsfailed == failed_before:
+        shutil.rmtree(state)  # kept after a failure: its log/ has every process's output
 
 
 def demo_posix_user(email: str) -> str:
@@ -347,7 +359,7 @@ def test_status_lists_every_process_and_up_is_idempotent(prod):
     status = prod.run("status", timeout=60)
     assert status.returncode == 0, status.stdout
     for name in ("nginx", "daphne-1", "daphne-2", "celery-worker", "celery-beat"):
-        assert re.search(rf"^{name}\s+running\s+pid \d+$", status.stdout, re.M), status.stdout
+        assert re.search(rf"^{name}\s+running\s+pid \d+$", status.stdout, re.MULTILINE), status.stdout
     pids_before = {p.name: p.read_text() for p in (prod.state / "pids").iterdir()}
     again = prod.run("up")
     assert again.returncode == 0, again.stderr[-2000:]
@@ -391,7 +403,7 @@ def test_a_killed_worker_gets_no_reattach_until_it_is_back_and_then_refuses_it_a
         status_code, fresh = asyncio.run(while_down())
         assert status_code == 502 and fresh["worker"] == other
         listing = prod.run("status", timeout=60)
-        assert listing.returncode == 3 and re.search(rf"^daphne-{worker}\s+dead", listing.stdout, re.M), listing.stdout
+        assert listing.returncode == 3 and re.search(rf"^daphne-{worker}\s+dead", listing.stdout, re.MULTILINE), listing.stdout
 
         pids_before = {p.name: p.read_text() for p in (prod.state / "pids").iterdir()}
         restarted = prod.run("up")
@@ -417,7 +429,7 @@ def test_a_killed_worker_gets_no_reattach_until_it_is_back_and_then_refuses_it_a
 
 def test_the_tls_site_for_four_workers_passes_nginx_t(tmp_path):
     """The site an operator installs (TLS, N workers) is valid nginx, and bad values never reach it."""
-    from datetime import datetime, timedelta, timezone
+    from datetime import UTC, datetime, timedelta
 
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
@@ -426,7 +438,7 @@ def test_the_tls_site_for_four_workers_passes_nginx_t(tmp_path):
 
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "portal.example.org")])
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
             .serial_number(x509.random_serial_number()).not_valid_before(now).not_valid_after(now + timedelta(days=1))
             .sign(key, hashes.SHA256()))
@@ -448,14 +460,20 @@ def test_the_tls_site_for_four_workers_passes_nginx_t(tmp_path):
         f"pid {tmp_path}/nginx.pid; events {{}} http {{ include /etc/nginx/mime.types; {temp_paths} "
         f"include {tmp_path}/clusterra.conf; }}")
     nginx = Path("/usr/sbin/nginx")
-    test = subprocess.run([str(nginx), "-t", "-p", str(tmp_path), "-e", str(tmp_path / "error.log"), "-c",
+    test = subprocess.run(check=False, args=[str(nginx), "-t", "-p", str(tmp_path), "-e", str(tmp_path / "error.log"), "-c",
                            str(tmp_path / "nginx.conf")], capture_output=True, text=True, timeout=30)
     assert test.returncode == 0, test.stderr
 
     for option, value in [("--server-name", "portal.example.org; include /etc/passwd"), ("--workers", "0"),
                           ("--socket-dir", "run/clusterra")]:
-        bad = subprocess.run([*render, option, value], capture_output=True, text=True, timeout=30)
+        bad = subprocess.run([*render, option, value], check=False, capture_output=True, text=True, timeout=30)
         assert bad.returncode == 2 and bad.stdout == "" and "nginx-site.sh:" in bad.stderr, (option, bad.stderr)
+
+
+@pytest.fixture
+def browser_page():
+    with chromium_page(bypass_csp=True) as page:  # as tests/test_browser.py's: its waits use eval()
+        yield page
 
 
 @pytest.mark.browser
@@ -516,6 +534,3 @@ def _leader_of(pid: int) -> int:
     """The session leader of the shell's kernel session: the local backend's backend_session_id."""
     return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[3])
 
-
-# The browser test's Chromium, sign-in step and cuttable proxy (tests/test_browser.py).
-from tests.test_browser import CuttableProxy, _wait_for_line, browser_page, open_terminal_as_bob  # noqa: E402, F401
