@@ -14,6 +14,7 @@ import pwd
 import signal
 import struct
 import termios
+import threading
 import time
 from datetime import UTC, datetime
 
@@ -47,9 +48,9 @@ def check_shell_account(username: str, expected_uid: int) -> pwd.struct_passwd:
         raise BackendError(str(exc)) from None
 
 
-def session_pids(sid: int) -> list[int]:
-    """Live (non-zombie) processes of kernel session `sid`."""
-    pids = []
+def _scan_sessions() -> dict[int, list[int]]:
+    """Live (non-zombie) processes of this machine by kernel session id: one pass over /proc."""
+    sessions: dict[int, list[int]] = {}
     for name in os.listdir("/proc"):
         if not name.isdigit():
             continue
@@ -60,9 +61,34 @@ def session_pids(sid: int) -> list[int]:
             continue
         # "pid (comm) state ppid pgrp session ..."; comm may hold spaces and parentheses.
         fields = stat[stat.rindex(b")") + 2 :].split()
-        if int(fields[3]) == sid and fields[0] != b"Z":
-            pids.append(int(name))
-    return pids
+        if fields[0] != b"Z":
+            sessions.setdefault(int(fields[3]), []).append(int(name))
+    return sessions
+
+
+_scan_lock = threading.Lock()
+_last_scan: tuple[float, dict[int, list[int]]] = (float("-inf"), {})
+
+
+def session_pids(sid: int, max_age: float = 0.0, not_before: float = float("-inf")) -> list[int]:
+    """Live (non-zombie) processes of kernel session `sid`.
+
+    `max_age` > 0 lets concurrent callers share one scan of /proc that is at most that old (and not
+    taken before `not_before`, the session's start: an older scan could not know its processes).
+    Ending a thousand sessions at once (a shutdown) then costs a scan per interval, not one per
+    session per poll. A shared scan can only err towards processes that have just exited.
+    """
+    global _last_scan
+    with _scan_lock:
+        taken, sessions = _last_scan
+        if time.monotonic() - taken > max_age or taken < not_before:
+            sessions = _scan_sessions()
+            _last_scan = (time.monotonic(), sessions)
+    return list(sessions.get(sid, ()))
+
+
+# How stale a shared scan may be for the end-of-session loops below (they poll every 0.1 s).
+_SHARED_SCAN_AGE = 0.05
 
 
 def _signal_all(pids: list[int], sig: int) -> None:
@@ -97,13 +123,13 @@ def kill_kernel_session(sid: int, grace: float = KILL_GRACE_SECONDS) -> int:
 
     For shells whose portal process died. Returns how many processes there were.
     """
-    pids = session_pids(sid)
+    pids = session_pids(sid, _SHARED_SCAN_AGE)
     if not pids:
         return 0
     _signal_all(pids, signal.SIGHUP)
     _signal_all(pids, signal.SIGCONT)
     deadline = time.monotonic() + grace
-    while (left := session_pids(sid)) and time.monotonic() < deadline:
+    while (left := session_pids(sid, _SHARED_SCAN_AGE)) and time.monotonic() < deadline:
         time.sleep(0.05)
     _signal_all(left, signal.SIGKILL)
     return len(pids)
@@ -283,7 +309,7 @@ class LocalPtyBackend(SessionBackend):
             loop.remove_reader(self._pidfd)
             loop.add_reader(self._pidfd, lambda: leader_gone.done() or leader_gone.set_result(None))
         # Scanning /proc takes milliseconds with many processes: keep it off the event loop.
-        pids = await asyncio.to_thread(session_pids, sid)
+        pids = await asyncio.to_thread(session_pids, sid, _SHARED_SCAN_AGE, self._started_at)
         _signal_all(pids, signal.SIGHUP)
         _signal_all(pids, signal.SIGCONT)  # a stopped job must wake up to see its SIGHUP
         os.close(self._fd)  # hang up the terminal
@@ -297,7 +323,7 @@ class LocalPtyBackend(SessionBackend):
             loop.remove_reader(self._pidfd)
             os.close(self._pidfd)
             self._pidfd = None
-        while pids := await asyncio.to_thread(session_pids, sid):
+        while pids := await asyncio.to_thread(session_pids, sid, _SHARED_SCAN_AGE, self._started_at):
             if loop.time() >= deadline:
                 _signal_all(pids, signal.SIGKILL)
                 break
