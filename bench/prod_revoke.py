@@ -71,7 +71,8 @@ async def main():
                                   cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))), env=env, capture_output=True, text=True, timeout=120)
     m = re.search(r"T0 ([\d.]+) (\d+)", out.stdout)
     assert m, out.stderr[-2000:]
-    t0 = float(m.group(1)); print("call took", float(re.search(r"T1 ([\d.]+)", out.stdout).group(1)) - t0, "s")
+    t0 = float(m.group(1))
+    print("call took", float(re.search(r"T1 ([\d.]+)", out.stdout).group(1)) - t0, "s")
     await asyncio.wait_for(asyncio.gather(*tasks), 60)
     lat = sorted((r["exit_at"] - t0) * 1000 for r in results if r["exit_at"])
     reasons = {r["reason"] for r in results}

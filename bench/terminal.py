@@ -251,7 +251,7 @@ class Matcher:
     async def wait(self, timeout: float, what: str, session: Session):
         try:
             await asyncio.wait_for(self.event.wait(), timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise BenchError(f"{session.target}: {what} not seen within {timeout:.0f} s; last output {session.last_output()!r}") from None
         return self.found_at
 
@@ -939,7 +939,7 @@ class Bench:
             start = now_ns() + 100_000_000
             measure_from = start + int(args.warmup * 1e9)
             probes = [EchoProbe(measure_from) for _ in sessions]
-            for s, p in zip(sessions, probes):
+            for s, p in zip(sessions, probes, strict=True):
                 s.handler = p.feed
             lags: list[int] = []
             relay, agent = self.relay_pid(target), self.agent_pid(target)
@@ -956,7 +956,7 @@ class Bench:
             cpu_all0 = cpu_seconds(relay)  # CPU per keystroke: all keys, from the first until every echo is back
             await asyncio.gather(*(
                 typist(s, p, start + i * interval // n, interval, count, measure_from, lags)
-                for i, (s, p) in enumerate(zip(sessions, probes))
+                for i, (s, p) in enumerate(zip(sessions, probes, strict=True))
             ))
             cpu1, client1, wall1, agent1 = cpu_seconds(relay), time.process_time(), time.monotonic(), cpu_seconds(agent)
             await marker
@@ -1066,7 +1066,7 @@ class Bench:
             await session.send(f"{self.bulk_producer()}; echo __E''ND__\n".encode())
             try:
                 await asyncio.wait_for(probe.done.wait(), self.args.bulk_timeout)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 got = probe.bytes / 1e6
                 raise BenchError(f"{target}: bulk output not finished within {self.args.bulk_timeout:.0f} s "
                                  f"({got:.1f} MB received; {session.close_reason or 'session open'})") from None
@@ -1115,14 +1115,14 @@ class Bench:
                      "ctrlc": f"Ctrl-C, run {(n or 0) + 1}", "idle": f"{n} idle sessions"}[kind] + f" on {target}"
             print(f"  … {label}", file=sys.stderr, flush=True)
             self.current = label
-            scenario = {"echo": lambda: self.echo(target, n), "bulk": lambda: self.bulk(target),
-                        "ctrlc": lambda: self.ctrlc(target), "idle": lambda: self.idle(target, n)}[kind]
+            scenario = {"echo": lambda t=target, k=n: self.echo(t, k), "bulk": lambda t=target: self.bulk(t),
+                        "ctrlc": lambda t=target: self.ctrlc(t), "idle": lambda t=target, k=n: self.idle(t, k)}[kind]
             t0 = time.monotonic()
             # Opening (and closing) a thousand shells takes a while on 2 cores.
             timeout = args.scenario_timeout + (n * 0.5 + args.idle_duration if kind == "idle" else 0)
             try:
                 result = await asyncio.wait_for(scenario(), timeout)
-            except (asyncio.TimeoutError, BenchError) as exc:
+            except (TimeoutError, BenchError) as exc:
                 self.failed.add((kind, n if kind in ("echo", "idle") else None, target))
                 self.errors.append(f"{label}: " + (str(exc) or f"exceeded {args.scenario_timeout:.0f} s"))
                 await self.settle()
@@ -1274,7 +1274,7 @@ def report(bench: Bench, args) -> list[str]:
         row("  seconds to open them (10 at a time)", "idle", num("open_s", ".0f"), n)
 
     widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
-    line = lambda r: "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))  # noqa: E731
+    line = lambda r: "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths, strict=True)))  # noqa: E731
     return [line(head), "  ".join("-" * w for w in widths), *(line(r) for r in rows)]
 
 

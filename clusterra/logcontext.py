@@ -26,7 +26,9 @@ import contextlib
 import logging
 import re
 import uuid
+from collections.abc import Mapping
 from contextvars import ContextVar
+from types import MappingProxyType
 
 from django.conf import settings
 from django.utils.functional import LazyObject, empty
@@ -35,7 +37,7 @@ from pythonjsonlogger.json import JsonFormatter as _JsonFormatter
 
 from clusterra.ops import HybridMiddleware
 
-_context: ContextVar[dict] = ContextVar("clusterra_log_context", default={})  # never mutated: replaced
+_context: ContextVar[Mapping] = ContextVar("clusterra_log_context", default=MappingProxyType({}))  # replaced, never mutated
 
 REDACTED = "[REDACTED]"
 

@@ -126,7 +126,7 @@ async def readiness() -> list[str]:
     """The names of the failed checks (empty: ready)."""
     names = list(CHECKS)
     results = await asyncio.gather(*(_run_check(name, CHECKS[name]) for name in names))
-    return [name for name, ok in zip(names, results) if not ok]
+    return [name for name, ok in zip(names, results, strict=True) if not ok]
 
 
 async def _readyz() -> HttpResponse:

@@ -92,7 +92,7 @@ class SsmSettings:
     s3_bucket: str = ""
     s3_prefix: str = ""
     kms_key_id: str = ""
-    token_source: str = "portal"
+    token_source: str = "portal"  # noqa: S105 (where the web-identity token comes from, not a secret)
     endpoint_url: str = ""
     sts_endpoint_url: str = ""
     audience: str = DEFAULT_AUDIENCE
@@ -426,7 +426,7 @@ def _assume(s: SsmSettings, *, subject: str, email: str, run_as: str, token_sour
         validate_subject(subject)  # it is the RoleSessionName too
     except TokenError as exc:
         raise AwsError(str(exc), code="InvalidTokenInput", action=ASSUME_ACTION) from None
-    if token_source == "idp":
+    if token_source == "idp":  # noqa: S105 (a token source name)
         token = _idp_token(id_token, run_as)
     else:
         try:
@@ -538,4 +538,4 @@ def poller_subject(cluster: Cluster) -> str:
 def poller_client(cluster: Cluster, posix_username: str, service: str):
     """A client for the job poller (no person): always a portal-issued token, subject cluster-<id>-poller."""
     return _client(ssm_settings(cluster), service, subject=poller_subject(cluster), email="", run_as=posix_username,
-                   id_token=None, token_source="portal")
+                   id_token=None, token_source="portal")  # noqa: S106 (a token source name)

@@ -31,7 +31,7 @@ def spawn_clean(argv: list[str], *, stdio: tuple[int, int, int], env: dict[str, 
     Every signal disposition is the default and the signal mask is empty in the child. Our other
     descriptors are not inherited (Python opens them close-on-exec). The caller reaps the child.
     """
-    file_actions = [(os.POSIX_SPAWN_DUP2, fd, target) for fd, target in zip(stdio, _STDIO)]
+    file_actions = [(os.POSIX_SPAWN_DUP2, fd, target) for fd, target in zip(stdio, _STDIO, strict=True)]
     return os.posix_spawnp(
         argv[0], argv, env, file_actions=file_actions, setsid=new_session, setsigdef=_RESETTABLE, setsigmask=(),
     )

@@ -56,6 +56,8 @@ class Api:
     def __init__(self, url: str, token: str):
         if not url or not token:
             raise CliError("Not logged in: run `clusterra login --url URL` first.")
+        if not url.startswith(("http://", "https://")):  # never file: or another scheme urllib would open
+            raise CliError(f"The portal URL must start with http:// or https://, got {url!r}.")
         self.base = url.rstrip("/") + "/v1"
         self.token = token
 
@@ -64,12 +66,12 @@ class Api:
         if params:
             url += "?" + urllib.parse.urlencode({k: v for k, v in params.items() if v is not None})
         data = json.dumps(body).encode() if body is not None else None
-        request = urllib.request.Request(url, data=data, method=method, headers={
+        request = urllib.request.Request(url, data=data, method=method, headers={  # noqa: S310 (http(s) only: __init__)
             "Authorization": f"Bearer {self.token}", "Accept": "application/json",
             **({"Content-Type": "application/json"} if data is not None else {}),
         })
         try:
-            with urllib.request.urlopen(request, timeout=TIMEOUT) as response:
+            with urllib.request.urlopen(request, timeout=TIMEOUT) as response:  # noqa: S310 (http(s) only: __init__)
                 return json.loads(response.read() or b"null")
         except urllib.error.HTTPError as exc:
             try:
@@ -99,7 +101,7 @@ def pick_cluster(api: Api, wanted: str | None) -> dict:
 def table(rows: list[dict], columns: list[tuple[str, str]]) -> str:
     cells = [[title for _, title in columns]] + [["" if r.get(k) is None else str(r.get(k)) for k, _ in columns] for r in rows]
     widths = [max(len(row[i]) for row in cells) for i in range(len(columns))]
-    return "\n".join("  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip() for row in cells)
+    return "\n".join("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip() for row in cells)
 
 
 JOB_COLUMNS = [("job_id", "JOBID"), ("name", "NAME"), ("user", "USER"), ("partition", "PARTITION"), ("state", "STATE"),

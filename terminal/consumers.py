@@ -6,6 +6,7 @@ socket for a grace period so the browser can reattach.
 """
 
 import asyncio
+import contextlib
 import logging
 import weakref
 from urllib.parse import parse_qs
@@ -318,31 +319,27 @@ class TerminalConsumer(AsyncWebsocketConsumer):
             self._wake.set()  # send what is buffered, then stop
             try:
                 await asyncio.wait_for(self._writer_task, timeout=2)
-            except (asyncio.TimeoutError, asyncio.CancelledError, Exception):
+            except (TimeoutError, asyncio.CancelledError, Exception):
                 self._writer_task.cancel()
 
     async def session_ended(self, reason: str, message: str, exit_code: int | None, close_code: int | None):
         """The LiveSession ended: flush, tell the browser why, close."""
         self._closing = True
         await self._flush()
-        try:
-            status = {"type": "exit", "reason": reason, "message": message}
-            if exit_code is not None:
-                status["exit_code"] = exit_code
+        status = {"type": "exit", "reason": reason, "message": message}
+        if exit_code is not None:
+            status["exit_code"] = exit_code
+        with contextlib.suppress(Exception):  # the socket may already be gone
             await self.send(bytes_data=protocol.encode_status(**status))
             await self.close(code=close_code or _CLOSE_CODES.get(reason, protocol.CLOSE_NORMAL), reason=_close_reason(message))
-        except Exception:  # the socket may already be gone
-            pass
 
     async def taken_over(self):
         """Another connection of the same user reattached to this session."""
         self._closing = True
         message = "The session was opened in another window."
-        try:
+        with contextlib.suppress(Exception):  # the socket may already be gone
             await self.send(bytes_data=protocol.encode_status(type="detached", message=message))
             await self.close(code=protocol.CLOSE_TAKEN_OVER, reason=message)
-        except Exception:
-            pass
 
     # --- the end --------------------------------------------------------------------------------
     async def disconnect(self, code):

@@ -13,6 +13,7 @@ finished and its shells killed by the others.
 """
 
 import asyncio
+import contextlib
 import logging
 from typing import Protocol
 
@@ -221,10 +222,8 @@ class LiveSession:
     # --- timers ---------------------------------------------------------------------------------
     async def _warn(self, **fields):
         if self.attached is not None:
-            try:
+            with contextlib.suppress(Exception):  # the socket may be closing; the next attach gets the next warning
                 await self.attached.send_status(**fields)
-            except Exception:  # the socket may be closing; the next attach gets the next warning
-                pass
 
     async def _watchdog(self):
         cluster = self.cluster
@@ -279,10 +278,8 @@ class LiveSession:
             if self._channel_name is not None:
                 layer = get_channel_layer()
                 for group in self._groups:
-                    try:
+                    with contextlib.suppress(Exception):  # the layer is down: the group entry expires by itself
                         await layer.group_discard(group, self._channel_name)
-                    except Exception:  # the layer is down: the group entry expires by itself
-                        pass
             attached, self.attached = self.attached, None
             if attached is not None:
                 try:

@@ -54,10 +54,11 @@ import secrets
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Callable
+from typing import Any
 from urllib.error import HTTPError, URLError
 from urllib.parse import parse_qs, urlsplit
 from urllib.request import Request, urlopen
@@ -229,7 +230,7 @@ class AwsControlPlane:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self) -> "AwsControlPlane":
+    def start(self) -> AwsControlPlane:
         if self._loop is None:
             self._loop = asyncio.get_running_loop()  # an SsmEmulator on the caller's loop
         handler = type("Handler", (_Handler,), {"plane": self})
@@ -249,7 +250,7 @@ class AwsControlPlane:
             self._thread.join(5)
             self._thread = None
 
-    def __enter__(self) -> "AwsControlPlane":
+    def __enter__(self) -> AwsControlPlane:
         return self.start()
 
     def __exit__(self, *exc) -> None:

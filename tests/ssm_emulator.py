@@ -51,9 +51,10 @@ import termios
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from http import HTTPStatus
-from typing import Any, Callable
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from cryptography.exceptions import InvalidTag
@@ -197,7 +198,7 @@ class SsmEmulator:
 
     # --- lifecycle ------------------------------------------------------------------------------
 
-    async def start(self) -> "SsmEmulator":
+    async def start(self) -> SsmEmulator:
         self._stopping = asyncio.Event()
         self._server = await serve(
             self._handle_connection,
@@ -222,7 +223,7 @@ class SsmEmulator:
             await self._server.wait_closed()
             self._server = None
 
-    async def __aenter__(self) -> "SsmEmulator":
+    async def __aenter__(self) -> SsmEmulator:
         return await self.start()
 
     async def __aexit__(self, *exc) -> None:
@@ -863,7 +864,7 @@ class ThreadedEmulator:
         self.emulator = SsmEmulator(**knobs)
         self._thread = threading.Thread(target=self.loop.run_forever, name="ssm-emulator", daemon=True)
 
-    def __enter__(self) -> "ThreadedEmulator":
+    def __enter__(self) -> ThreadedEmulator:
         self._thread.start()
         self.call(self.emulator.start())
         return self

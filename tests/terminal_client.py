@@ -6,9 +6,9 @@ import contextlib
 import json
 
 from channels.routing import URLRouter
+from channels.testing import WebsocketCommunicator
 from django.contrib.auth import BACKEND_SESSION_KEY, HASH_SESSION_KEY, SESSION_KEY
 from django.contrib.sessions.backends.db import SessionStore
-from channels.testing import WebsocketCommunicator
 
 from terminal import protocol
 from terminal.routing import websocket_urlpatterns
@@ -86,7 +86,7 @@ class TerminalClient:
                 raise AssertionError(f"{needle!r} not seen; output: {bytes(self.output[-500:])!r}")
             try:
                 await self._next(remaining)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 raise AssertionError(f"{needle!r} not seen; output: {bytes(self.output[-500:])!r}") from None
         return bytes(self.output)
 
@@ -104,7 +104,7 @@ class TerminalClient:
         while self.close_code is None and loop.time() < deadline:
             try:
                 await self._next(max(0.01, deadline - loop.time()))
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 break
 
     async def close(self):

@@ -60,7 +60,7 @@ def _whoami(page, user: str):
     _until(page, _HAS_LINE, user, what=f"the line {user!r}")
 
 
-def test_terminal_jobs_and_api_docs_under_the_policy(cast, bob_posix, live_slurm, live_daphne, strict_page):
+def test_terminal_jobs_and_api_docs_under_the_policy(cast, bob_posix, live_slurm, live_daphne, strict_page):  # noqa: F811
     page = strict_page
     seen: list[tuple[str, list[dict]]] = []
     console: list[str] = []

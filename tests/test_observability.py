@@ -136,8 +136,8 @@ def test_metrics_needs_an_allowed_direct_address_or_the_token(settings):
 def test_aws_errors_are_counted_by_code():
     from botocore.exceptions import ClientError
 
-    from clusters import aws
     from clusterra import metrics
+    from clusters import aws
 
     def value():
         return metrics.AWS_ERRORS.labels(code="ExpiredTokenException")._value.get()

@@ -13,8 +13,8 @@ import os
 
 import pytest
 from botocore.stub import ANY, Stubber
-from django.conf import settings
 from channels.db import database_sync_to_async as sync_to_async
+from django.conf import settings
 from moto import mock_aws
 
 from accounts.issuer import user_subject
@@ -22,8 +22,8 @@ from clusters import aws
 from clusters.models import Cluster
 from terminal import protocol
 from terminal.actions import revoke_terminal_sessions
-from terminal.consumers import TerminalConsumer
 from terminal.backends import ssm as ssm_backend
+from terminal.consumers import TerminalConsumer
 from terminal.live import LiveSession
 from terminal.models import TerminalSession
 from tests.ssm_emulator import DEFAULT_TARGET, SsmEmulator

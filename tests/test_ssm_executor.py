@@ -225,7 +225,7 @@ def test_words_holding_ssm_parameter_references_travel_encoded(tmp_path, shell):
     """SSM resolves {{ssm:name}} inside SendCommand parameters, even in quotes: no "{{" may reach AWS."""
     canary = tmp_path / "pwned"
     argv = [sys.executable, "-c", DUMP, "{{ssm:/prod/db-password}}", "", "x\n\n", *(a.replace("{canary}", str(canary)) for a in HOSTILE)]
-    env = {"JOB": "{{ssm-secure:key}} $(touch %s)" % canary, "HOME": "/override {{x}}"}
+    env = {"JOB": f"{{{{ssm-secure:key}}}} $(touch {canary})", "HOME": "/override {{x}}"}
     shim, log = _shims(tmp_path, user="alice-x", uid=4242, home="/home/alice-x")
     script = ssm_script("alice-x", 4242, argv, stdin=b"{{ssm:in-stdin}}\n", env=env)
     assert "{{" not in script

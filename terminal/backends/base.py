@@ -1,7 +1,7 @@
 """The seam between the terminal consumer and whatever runs the shell (local PTY, AWS SSM)."""
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 
 class BackendError(Exception):

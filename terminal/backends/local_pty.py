@@ -318,7 +318,7 @@ class LocalPtyBackend(SessionBackend):
         if self._pidfd is not None:
             try:
                 await asyncio.wait_for(leader_gone, KILL_GRACE_SECONDS)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
             loop.remove_reader(self._pidfd)
             os.close(self._pidfd)

@@ -34,7 +34,7 @@ async def _account_client(account, service: str, **kwargs):
     try:
         return await asyncio.wait_for(
             database_sync_to_async(aws.account_client, thread_sensitive=False)(account, service, **kwargs), AWS_CALL_TIMEOUT)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         raise aws.AwsError(f"AWS STS did not hand out credentials within {AWS_CALL_TIMEOUT:g} s.") from None
 
 
@@ -68,7 +68,7 @@ class SsmBackend(SessionBackend):
     async def _call(self, action: str, fn, **params):
         try:
             return await asyncio.wait_for(asyncio.to_thread(fn, **params), AWS_CALL_TIMEOUT)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise BackendError(f"AWS {action} did not answer within {AWS_CALL_TIMEOUT:g} s.") from None
         except (ClientError, BotoCoreError) as exc:
             error = aws.describe_client_error(exc, action)
@@ -212,7 +212,7 @@ class SsmBackend(SessionBackend):
             await asyncio.wait_for(
                 asyncio.to_thread(self._ssm.terminate_session, SessionId=self.session_id), TERMINATE_TIMEOUT)
             logger.info("SSM session %s terminated", self.session_id)
-        except (asyncio.TimeoutError, ClientError, BotoCoreError) as exc:
+        except (TimeoutError, ClientError, BotoCoreError) as exc:
             # The session stays until AWS's own idle timeout; the data channel is closed either way.
             logger.warning("SSM session %s: TerminateSession failed: %s", self.session_id, type(exc).__name__)
 

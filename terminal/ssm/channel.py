@@ -18,12 +18,13 @@ from __future__ import annotations
 import asyncio
 import base64
 import collections
+import contextlib
 import logging
 import os
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Awaitable, Callable
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -326,7 +327,8 @@ class DataChannel:
     async def _read_loop(self) -> None:
         while not self._closed:
             ws = self._ws
-            assert ws is not None
+            if ws is None:
+                raise RuntimeError("the data channel's read loop runs only while a WebSocket is open")
             try:
                 async for raw in ws:
                     await self._handle_frame(raw)
@@ -701,7 +703,5 @@ class DataChannel:
 
 
 async def _close_quietly(ws: ClientConnection) -> None:
-    try:
+    with contextlib.suppress(Exception):  # already gone
         await ws.close()
-    except Exception:  # already gone
-        pass

@@ -38,7 +38,8 @@ MAX_CHUNK = 1024  # largest input/output payload either side sends per message (
 # Fields after MessageType: schema, created, seq, flags, id, digest, payload type, payload length.
 _FIXED = struct.Struct(">IQqQ16s32sII")
 _HL = struct.Struct(">I")
-assert 4 + MESSAGE_TYPE_LENGTH + _FIXED.size == PAYLOAD_OFFSET
+if 4 + MESSAGE_TYPE_LENGTH + _FIXED.size != PAYLOAD_OFFSET:  # the layout constants agree (checked at import)
+    raise ImportError("terminal.ssm.frames: header layout constants disagree")
 
 
 class MessageType:
