@@ -21,5 +21,7 @@ if [ "$(id -u)" -eq 0 ]; then
 else
   echo "Not root: scripts/slurm-local.sh up must have been run as root for the Slurm tests." >&2
 fi
+# The linter first (fast; configured in pyproject.toml): a finding fails the run like a failing test.
+.venv/bin/ruff check .
 export CLUSTERRA_DATA_DIR=${CLUSTERRA_TEST_DATA_DIR:-$(mktemp -d -t clusterra-test.XXXXXX)}
 exec .venv/bin/pytest --create-db "$@"
