@@ -154,7 +154,7 @@ class WsTerminal:
         self.output = bytearray()
         self.statuses: list[dict] = []
 
-    async def _pump_until(self, done, timeout: float, what: str):
+    async def pump_until(self, done, timeout: float, what: str):
         deadline = asyncio.get_running_loop().time() + timeout
         while not done():
             left = deadline - asyncio.get_running_loop().time()
@@ -170,11 +170,11 @@ class WsTerminal:
                 self.statuses.append(json.loads(frame[1:]))
 
     async def status(self, kind: str, timeout: float = 20) -> dict:
-        await self._pump_until(lambda: any(s["type"] == kind for s in self.statuses), timeout, f"status {kind!r}")
+        await self.pump_until(lambda: any(s["type"] == kind for s in self.statuses), timeout, f"status {kind!r}")
         return next(s for s in self.statuses if s["type"] == kind)
 
     async def output_has(self, needle: bytes, timeout: float = 20) -> None:
-        await self._pump_until(lambda: needle in self.output, timeout, repr(needle))
+        await self.pump_until(lambda: needle in self.output, timeout, repr(needle))
 
     async def run(self, command: bytes, expect: bytes, timeout: float = 20) -> None:
         """Type `command` and Enter, and wait for `expect` in the output."""
