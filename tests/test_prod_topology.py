@@ -158,7 +158,7 @@ async def shell_pid(term: WsTerminal) -> int:
     mark = secrets.token_hex(3)
     await term.ws.send(protocol.encode_input(f"echo {mark}=$$\r".encode()))
     pattern = re.compile(rf"{mark}=(\d+)\r\n".encode())  # the echoed command line has `$$`, not digits
-    await term._pump_until(lambda: pattern.search(term.output), 20, f"the shell's pid ({mark})")
+    await term.pump_until(lambda: pattern.search(term.output), 20, f"the shell's pid ({mark})")
     return int(pattern.search(term.output).group(1))
 
 
@@ -324,7 +324,7 @@ def test_idle_terminals_on_both_processes_outlive_the_redis_read_timeout_and_are
             idle_until = loop.time() + 12  # idle: no input, no output, more than twice the old 5 s limit
             for term in terms:
                 with pytest.raises(asyncio.TimeoutError):
-                    await term._pump_until(lambda: False, max(0.01, idle_until - loop.time()), "nothing")
+                    await term.pump_until(lambda: False, max(0.01, idle_until - loop.time()), "nothing")
             for n, term in enumerate(terms):
                 await term.ws.send(protocol.encode_input(f"echo alive-$((1000+{n}))\r".encode()))
                 await term.output_has(f"alive-{1000 + n}".encode())
