@@ -9,6 +9,7 @@ from channels.routing import URLRouter
 from channels.testing import WebsocketCommunicator
 from django.contrib.auth import BACKEND_SESSION_KEY, HASH_SESSION_KEY, SESSION_KEY
 from django.contrib.sessions.backends.db import SessionStore
+from websockets.exceptions import ConnectionClosed
 
 from terminal import protocol
 from terminal.routing import websocket_urlpatterns
@@ -165,7 +166,10 @@ class WsTerminal:
             assert isinstance(frame, bytes), "the portal sent a text frame"
             if frame[0] == protocol.OUTPUT:
                 self.output += frame[1:]
-                await self.ws.send(protocol.encode_ack(len(frame) - 1))
+                # Once the server's close frame has arrived, sending raises although frames sent before it
+                # (the exit status) are still to be read: acking is moot then, reading goes on.
+                with contextlib.suppress(ConnectionClosed):
+                    await self.ws.send(protocol.encode_ack(len(frame) - 1))
             elif frame[0] == protocol.STATUS:
                 self.statuses.append(json.loads(frame[1:]))
 

@@ -135,7 +135,9 @@ def test_slurmctld_down_503s_banner_backoff_and_recovery(slurm_cast, settings, t
                 assert answers["api submit"][0]["Retry-After"]
 
                 # The poller: failing, backing off, the outage logged once.
-                state = wait_until(lambda: (s := pollstate.read(c.hpc)) and s.failures >= 2 and s, 90, "two failed polls",
+                # (retry_in is None for the instant the poller is retrying: wait for a state between two tries)
+                state = wait_until(lambda: (s := pollstate.read(c.hpc)) and s.failures >= 2 and s.retry_in is not None and s,
+                                   90, "two failed polls",
                                explain=lambda: log()[-3000:])
                 assert "Unable to contact slurm controller" in state.error and state.ok_at is not None
                 assert state.retry_in is not None and state.retry_in <= pollstate.BACKOFF_MAX
