@@ -319,7 +319,7 @@ class TerminalConsumer(AsyncWebsocketConsumer):
             self._wake.set()  # send what is buffered, then stop
             try:
                 await asyncio.wait_for(self._writer_task, timeout=2)
-            except (TimeoutError, asyncio.CancelledError, Exception):
+            except (asyncio.CancelledError, Exception):  # a timeout is an Exception too
                 self._writer_task.cancel()
 
     async def session_ended(self, reason: str, message: str, exit_code: int | None, close_code: int | None):
