@@ -139,14 +139,13 @@ class ProcessLease:
         return revoked, still_ours
 
     def _forget_revoked_credentials(self) -> None:
-        rows = CredentialRevocation.objects.all()
-        if self._credentials_seen is not None:
-            rows = rows.filter(revoked_at__gt=self._credentials_seen - timedelta(seconds=5))  # clock slack between writers
+        # At start, only revocations younger than the longest STS session matter: older credentials expired.
+        since = self._credentials_seen or timezone.now() - timedelta(seconds=settings.AWS_SESSION_DURATION)
+        self._credentials_seen = since
+        rows = CredentialRevocation.objects.filter(revoked_at__gt=since - timedelta(seconds=5))  # clock slack between writers
         for subject, revoked_at in rows.values_list("subject", "revoked_at"):
             aws.forget_credentials(subject)
-            self._credentials_seen = max(self._credentials_seen or revoked_at, revoked_at)
-        if self._credentials_seen is None:
-            self._credentials_seen = timezone.now()
+            self._credentials_seen = max(self._credentials_seen, revoked_at)
 
 
 lease = ProcessLease()
