@@ -87,7 +87,7 @@ def session_pids(sid: int, max_age: float = 0.0, not_before: float = float("-inf
     return list(sessions.get(sid, ()))
 
 
-# How stale a shared scan may be for the end-of-session loops below (they poll every 0.1 s).
+# How stale a shared scan may be for the end-of-session loops below (they poll every 20–50 ms).
 _SHARED_SCAN_AGE = 0.05
 
 
@@ -327,7 +327,7 @@ class LocalPtyBackend(SessionBackend):
             if loop.time() >= deadline:
                 _signal_all(pids, signal.SIGKILL)
                 break
-            await asyncio.sleep(0.1)
+            await asyncio.sleep(0.02)  # a shared scan is reused for up to _SHARED_SCAN_AGE
         for _ in range(50):  # reap the leader (SIGKILLed above if it ignored the hangup)
             if self._leader_reaped():
                 break
