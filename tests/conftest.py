@@ -23,6 +23,7 @@ from accounts.services import ensure_tenant, ensure_user, set_membership
 from clusters.executors import LocalExecutor
 from clusters.models import ClusterAccount
 from clusters.services import configure_polling, ensure_cluster, map_account
+from tests.oidc_provider import oidc_provider, oidc_provider_clean  # noqa: F401 (fixtures: a local OpenID Provider)
 
 TEST_POSIX_USER = "clusterra-t1"
 PASSWORD = "correct-horse-battery"
