@@ -18,3 +18,7 @@ fi
 if [ ! -f node_modules/.package-lock.json ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
   npm ci --no-audit --no-fund --loglevel=error
 fi
+# The tests' local OpenID Provider (tests/idp: panva's oidc-provider), pinned by its own package-lock.json.
+if [ "$req" = requirements-test.txt ] && { [ ! -f tests/idp/node_modules/.package-lock.json ] || [ tests/idp/package-lock.json -nt tests/idp/node_modules/.package-lock.json ]; }; then
+  npm ci --prefix tests/idp --no-audit --no-fund --loglevel=error
+fi
