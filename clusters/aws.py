@@ -539,3 +539,20 @@ def poller_client(cluster: Cluster, posix_username: str, service: str):
     """A client for the job poller (no person): always a portal-issued token, subject cluster-<id>-poller."""
     return _client(ssm_settings(cluster), service, subject=poller_subject(cluster), email="", run_as=posix_username,
                    id_token=None, token_source="portal")  # noqa: S106 (a token source name)
+
+
+# Provisioning (clusters/provisioning.py) creates, locks and unlocks POSIX accounts with SendCommand,
+# which runs as root on the head node whatever the Run As tag says. There is no person and no POSIX
+# account behind it, so it has a subject of its own (CloudTrail names it) and a Run As user that must
+# not exist on the head node: a Session Manager session with these credentials would then fail.
+PROVISIONER_RUN_AS = "clusterra-provisioner"
+
+
+def provisioner_subject(cluster: Cluster) -> str:
+    return f"cluster-{cluster.pk}-provisioner"
+
+
+def provisioner_client(cluster: Cluster, service: str):
+    """A client for account provisioning: always a portal-issued token, subject cluster-<id>-provisioner."""
+    return _client(ssm_settings(cluster), service, subject=provisioner_subject(cluster), email="",
+                   run_as=PROVISIONER_RUN_AS, id_token=None, token_source="portal")  # noqa: S106 (a token source name)

@@ -34,7 +34,17 @@ _SPAWN_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
 class ExecutorError(Exception):
-    """The command could not be run at all (no such user, timeout, executor down); fit for the user."""
+    """The command could not be run at all (no such user, timeout, executor down); fit for the user.
+
+    retryable: the same command may work later (AWS throttled or unreachable, head node offline, timeout).
+    """
+
+    retryable = False
+
+    def __init__(self, *args, retryable: bool | None = None):
+        super().__init__(*args)
+        if retryable is not None:
+            self.retryable = retryable
 
 
 class CommandTooLarge(ExecutorError):
@@ -42,7 +52,7 @@ class CommandTooLarge(ExecutorError):
 
 
 class CommandTimeout(ExecutorError):
-    pass
+    retryable = True
 
 
 @dataclass(frozen=True)
@@ -241,7 +251,7 @@ class SsmExecutor(Executor):
                 return aws.account_client(account, service)
             return aws.poller_client(self.cluster, account.posix_username, service)
         except aws.AwsError as exc:
-            raise ExecutorError(str(exc)) from None
+            raise ExecutorError(str(exc), retryable=exc.retryable) from None
         except (ClientError, BotoCoreError) as exc:
             raise self._aws_error(exc, "AssumeRoleWithWebIdentity") from None
 
@@ -253,7 +263,8 @@ class SsmExecutor(Executor):
     @staticmethod
     def _aws_error(exc, action: str) -> ExecutorError:
         """A botocore failure (ClientError or BotoCoreError) as an ExecutorError whose message names the cause."""
-        return ExecutorError(str(aws.describe_client_error(exc, action)))
+        error = aws.describe_client_error(exc, action)
+        return ExecutorError(str(error), retryable=error.retryable)
 
     # -- the command ---------------------------------------------------------------------------
     def run(self, account, argv, *, stdin=None, timeout=30, env=None) -> CommandResult:
@@ -268,15 +279,25 @@ class SsmExecutor(Executor):
                 f"The POSIX user {username!r} has uid {uid}, below the minimum of {settings.TERMINAL_MIN_UID}: "
                 "the portal never acts as a system account."
             )
-        cfg = self._settings()
         script = ssm_script(username, uid, argv, stdin=stdin, env=env)
+        what = f"its input ({len(stdin) / 1024:.0f} KiB)" if stdin else "its arguments"
+        return self.send_script(account, script, argv=argv, username=username, timeout=timeout, size_hint=what, uid=uid)
+
+    def send_script(self, account, script: str, *, argv: list[str], username: str, timeout: float,
+                    size_hint: str = "its arguments", uid: int | None = None, comment: str | None = None) -> CommandResult:
+        """Send `script` (AWS-RunShellScript runs it as root on the head node) and wait for its result.
+
+        `account` chooses the credentials (`_client`); argv[0] and username name the command in errors,
+        logs and the SendCommand Comment (or `comment`). With `uid`, the exit codes of ssm_script's own
+        account checks are reported as refusals. Also used by clusters/provisioning.py.
+        """
+        cfg = self._settings()
         execution_timeout = min(max(1, math.ceil(timeout)), SSM_MAX_EXECUTION_TIMEOUT)
         parameters = {"commands": [script], "executionTimeout": [str(execution_timeout)]}
         size = len(json.dumps(parameters).encode())
         if size > SSM_PARAMETERS_MAX_BYTES:
-            what = f"its input ({len(stdin) / 1024:.0f} KiB)" if stdin else "its arguments"
             raise CommandTooLarge(
-                f"{argv[0]} cannot be sent through AWS SSM: with {what} the command is {size / 1024:.0f} KiB, and SSM "
+                f"{argv[0]} cannot be sent through AWS SSM: with {size_hint} the command is {size / 1024:.0f} KiB, and SSM "
                 f"SendCommand takes at most {SSM_PARAMETERS_MAX_BYTES // 1024} KiB. Use a script file on the cluster instead."
             )
         request = {
@@ -284,7 +305,7 @@ class SsmExecutor(Executor):
             "DocumentName": SSM_DOCUMENT,
             "Parameters": parameters,
             "TimeoutSeconds": min(max(SSM_MIN_DELIVERY_TIMEOUT, math.ceil(timeout)), SSM_MAX_DELIVERY_TIMEOUT),
-            "Comment": self._comment(username, argv[0]),
+            "Comment": (comment or self._comment(username, argv[0]))[:SSM_COMMENT_MAX],
             "CloudWatchOutputConfig": {"CloudWatchOutputEnabled": False},
         }
         if cfg.s3_bucket:
@@ -303,7 +324,7 @@ class SsmExecutor(Executor):
                     self._forget_credentials(account)  # nothing ran yet: once more with fresh credentials
                     continue
                 self._log(username, argv, None, f"refused ({error.code or type(exc).__name__})", started)
-                raise ExecutorError(str(error)) from None
+                raise ExecutorError(str(error), retryable=error.retryable) from None
         try:
             invocation = self._wait(ssm, cfg, command_id, argv[0], started, timeout)
         except ExecutorError as exc:
@@ -318,10 +339,12 @@ class SsmExecutor(Executor):
         if status == "TimedOut" and detail != "DeliveryTimedOut":
             raise CommandTimeout(f"{argv[0]} did not finish within {timeout:g} s.")
         if status not in ("Success", "Failed") or code is None or code < 0:
-            raise ExecutorError(self._status_message(cfg, argv[0], detail))
+            # Not delivered, or stopped on the way: the head node (or its agent) is down; trying later may work.
+            raise ExecutorError(self._status_message(cfg, argv[0], detail),
+                                retryable=detail in ("Undeliverable", "DeliveryTimedOut", "Cancelled", "Terminated"))
         stdout_text = invocation.get("StandardOutputContent") or ""
         stderr_text = invocation.get("StandardErrorContent") or ""
-        if code in (EXIT_NO_SUCH_USER, EXIT_UID_MISMATCH) and stderr_text.startswith(_MARK):
+        if uid is not None and code in (EXIT_NO_SUCH_USER, EXIT_UID_MISMATCH) and stderr_text.startswith(_MARK):
             self._refused_on_instance(username, uid, code, stderr_text)
         stdout = self._full_output(account, cfg, command_id, invocation, "stdout", stdout_text, SSM_STDOUT_LIMIT)
         stderr = self._full_output(account, cfg, command_id, invocation, "stderr", stderr_text, SSM_STDERR_LIMIT)
@@ -360,7 +383,7 @@ class SsmExecutor(Executor):
                     self._cancel(ssm, command_id, cfg)
                     raise ExecutorError(
                         f"SSM accepted {program} but did not report it on the head node (instance {cfg.instance_id}) "
-                        f"within {self.missing_grace:g} s (InvocationDoesNotExist); try again."
+                        f"within {self.missing_grace:g} s (InvocationDoesNotExist); try again.", retryable=True,
                     ) from None
                 self._cancel(ssm, command_id, cfg)
                 raise self._aws_error(exc, "GetCommandInvocation") from None

@@ -7,10 +7,12 @@ CLUSTERRA_TERMINAL_MIN_UID, and it must agree with the uid the portal mapped.
 
 import os
 import pwd
+import time
 
 from django.conf import settings
 
 _NO_LOGIN_SHELLS = {"nologin", "false"}
+SHADOW = "/etc/shadow"
 
 
 class PosixAccountError(Exception):
@@ -19,6 +21,32 @@ class PosixAccountError(Exception):
 
 class SystemAccountRefused(PosixAccountError):
     """The mapping points at an account the portal must never act as."""
+
+
+class AccountLocked(PosixAccountError):
+    """The account is locked on the head node (offboarded: clusters/provisioning.py)."""
+
+
+def _expired_on(username: str) -> int | None:
+    """The day (since 1970) the account expired, if its shadow entry says it has; None otherwise.
+
+    Read only when /etc/shadow is readable (the portal runs as root); the spwd module is gone in
+    Python 3.13. Locking sets the expiry to day 1 (`usermod --lock --expiredate 1`): the "!" of a
+    locked password alone cannot be told apart from an account that never had a password.
+    """
+    try:
+        with open(SHADOW, encoding="utf-8", errors="replace") as shadow:
+            for line in shadow:
+                fields = line.rstrip("\n").split(":")
+                if fields[0] == username and len(fields) >= 8:
+                    expire = fields[7]
+                    # As shadow's own check: 0 or empty means never; expired from that day on.
+                    if expire.isdigit() and 0 < int(expire) <= int(time.time() // 86400):
+                        return int(expire)
+                    return None
+    except OSError:  # not root: unknown here; the account's state in the portal (revoked) still applies
+        return None
+    return None
 
 
 def check_posix_account(username: str, expected_uid: int, *, need_login_shell: bool = False) -> pwd.struct_passwd:
@@ -35,6 +63,8 @@ def check_posix_account(username: str, expected_uid: int, *, need_login_shell: b
         raise SystemAccountRefused(f"The POSIX user {username!r} has uid {entry.pw_uid} on the head node, but the mapping says {expected_uid}.")
     if need_login_shell and os.path.basename(entry.pw_shell or "") in _NO_LOGIN_SHELLS:
         raise PosixAccountError(f"The POSIX user {username!r} has no login shell ({entry.pw_shell}).")
+    if _expired_on(username) is not None:
+        raise AccountLocked(f"The POSIX user {username!r} is locked on the head node (its account has expired).")
     return entry
 
 
