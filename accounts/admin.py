@@ -1,7 +1,11 @@
 from django.contrib import admin
 from django.contrib.auth.admin import UserAdmin as BaseUserAdmin
 
+from accounts.forms import AdminSignInForm
 from accounts.models import Membership, Tenant, User
+
+# The admin site's own sign-in page is throttled like the portal's (accounts/throttle.py).
+admin.site.login_form = AdminSignInForm
 
 
 @admin.register(User)

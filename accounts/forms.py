@@ -1,10 +1,40 @@
 from django import forms
+from django.contrib.admin.forms import AdminAuthenticationForm
 from django.contrib.auth.forms import AuthenticationForm
 
+from accounts import throttle
 from accounts.models import User
 
 
-class EmailAuthenticationForm(AuthenticationForm):
+class ThrottledSignInMixin:
+    """Password sign-in through accounts.throttle: a locked email or address is refused before the password
+    is checked, with the same message whether or not the account exists; `signin_lock` is then set."""
+
+    signin_lock = None
+
+    def clean(self):
+        username, password = self.cleaned_data.get("username"), self.cleaned_data.get("password")
+        if username is None or not password:
+            return super().clean()
+        email, address = throttle.normalise_email(username), throttle.client_address(self.request)
+        self.signin_lock = throttle.current_lock(throttle.LOGIN, email, address)
+        if self.signin_lock is not None:
+            raise forms.ValidationError(self.signin_lock.message, code="throttled")
+        try:
+            cleaned = super().clean()
+        except forms.ValidationError as exc:
+            if getattr(exc, "code", None) in ("invalid_login", "inactive"):
+                throttle.record_failure(throttle.LOGIN, email, address)
+            raise
+        throttle.record_success(throttle.LOGIN, email)
+        return cleaned
+
+
+class AdminSignInForm(ThrottledSignInMixin, AdminAuthenticationForm):
+    """The admin site's sign-in (accounts/admin.py), throttled like the portal's."""
+
+
+class EmailAuthenticationForm(ThrottledSignInMixin, AuthenticationForm):
     username = forms.EmailField(label="Email", widget=forms.EmailInput(attrs={"autofocus": True, "autocomplete": "email"}))
 
     def clean_username(self):

@@ -15,6 +15,13 @@ class LoginView(auth_views.LoginView):
     template_name = "registration/login.html"
     redirect_authenticated_user = True
 
+    def form_invalid(self, form):
+        response = super().form_invalid(form)
+        if form.signin_lock is not None:  # accounts/throttle.py: too many failures for this email or address
+            response.status_code = 429
+            response["Retry-After"] = str(form.signin_lock.retry_after)
+        return response
+
 
 @login_required
 def preferences(request):

@@ -12,6 +12,8 @@ from urllib.parse import urlsplit
 import dj_database_url
 from csp.constants import NONCE, NONE, SELF, UNSAFE_INLINE
 from django.core.exceptions import ImproperlyConfigured
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from clusterra.env import env_bool, env_int, env_list, env_match, env_path, env_secret, env_str
 from clusterra.files import private_dir, private_file, read_or_create_secret
@@ -268,6 +270,38 @@ CELERY_BEAT_SCHEDULE = {
 }
 # Redis for the poller's per-cluster due/lock keys (the same server as the broker by default).
 POLL_LOCK_REDIS_URL = env_str("CLUSTERRA_POLL_LOCK_REDIS_URL", CELERY_BROKER_URL)
+
+# --- Cache: the sign-in throttle's counters, shared by every process (accounts/throttle.py, docs/security.md) ---
+def _redis_database(url: str, db: int) -> str:
+    """The same Redis server as `url`, database `db`."""
+    parts = urlsplit(url)
+    if parts.scheme == "unix":
+        query = [item for item in parts.query.split("&") if item and not item.startswith("db=")]
+        return f"unix://{parts.netloc}{parts.path}?{'&'.join([*query, f'db={db}'])}"
+    return parts._replace(path=f"/{db}").geturl()
+
+
+CACHE_URL = env_str("CLUSTERRA_CACHE_URL") or _redis_database(_redis_url or CELERY_BROKER_URL, 2)
+if urlsplit(CACHE_URL).scheme not in ("redis", "rediss", "unix"):
+    raise ImproperlyConfigured(f"CLUSTERRA_CACHE_URL must be a redis://, rediss:// or unix:// URL, got {CACHE_URL!r}")
+# Connect and read timeouts, and no retries: with Redis away a sign-in waits at most this long once,
+# then the throttle is off for a few seconds (it fails open).
+_cache_timeout = env_int("CLUSTERRA_CACHE_TIMEOUT_MS", 500, minimum=50, maximum=10_000) / 1000
+CACHES = {
+    "default": {
+        "BACKEND": "django.core.cache.backends.redis.RedisCache",
+        "LOCATION": CACHE_URL,
+        "KEY_PREFIX": env_str("CLUSTERRA_CACHE_KEY_PREFIX", ""),
+        "OPTIONS": {"socket_connect_timeout": _cache_timeout, "socket_timeout": _cache_timeout,
+                    "retry": Retry(NoBackoff(), 0), "health_check_interval": 30},
+    }
+}
+# Failed sign-ins (passwords, API tokens, SCIM tokens): this many failures for one email or token prefix,
+# or from one address, within the window lock it for the cool-off; the right password is then refused too.
+SIGNIN_ACCOUNT_LIMIT = env_int("CLUSTERRA_SIGNIN_ACCOUNT_LIMIT", 5, minimum=1, maximum=1000)
+SIGNIN_ADDRESS_LIMIT = env_int("CLUSTERRA_SIGNIN_ADDRESS_LIMIT", 20, minimum=1, maximum=100_000)
+SIGNIN_WINDOW = env_int("CLUSTERRA_SIGNIN_WINDOW", 900, minimum=1, maximum=86400)
+SIGNIN_COOLOFF = env_int("CLUSTERRA_SIGNIN_COOLOFF", 900, minimum=1, maximum=86400)
 
 # --- Terminal ---------------------------------------------------------------------------------
 RECORDINGS_DIR = env_path("CLUSTERRA_RECORDINGS_DIR", DATA_DIR / "recordings")

@@ -3,10 +3,13 @@
 Auth: the web session (with CSRF for writes) or `Authorization: Bearer ctk_…` personal tokens, which
 are scoped to one tenant. Everything of another tenant is a 404. Errors are JSON: {"detail": "..."},
 and every status an operation can answer is declared in its `response` (tests/test_api.py checks it).
+Failed token attempts are throttled per token prefix and per address (accounts/throttle.py): a locked
+one is answered 429 with Retry-After, before the token is checked.
 """
 
 import base64
 import dataclasses
+import re
 from datetime import datetime
 
 import pydantic
@@ -17,16 +20,26 @@ from ninja.errors import AuthenticationError, HttpError, ValidationError
 from ninja.security import HttpBearer, SessionAuth
 from ninja.utils import check_csrf
 
+from accounts import throttle
 from accounts.services import authenticate_api_token
 from clusters.models import Cluster, ClusterAccount
 from jobs import actions, pollstate, queries, slurm, validation
 from jobs.models import Job, Partition
 
 MAX_TAIL_LINES = 10_000
+_TOKEN_PREFIX = re.compile(r"ctk_([0-9a-f]{12})_.+", re.DOTALL)  # accounts/services.py create_api_token
 
 
 class TokenAuth(HttpBearer):
     def authenticate(self, request, token):
+        # Every well-formed token counts against its prefix, known or not (nothing tells which prefixes
+        # exist); a malformed one only against the address. Throttled becomes a 429 (_throttled, below).
+        prefix = match.group(1) if (match := _TOKEN_PREFIX.fullmatch(token)) else None
+        return throttle.check_and_count(throttle.API_TOKEN, prefix, throttle.client_address(request),
+                                        lambda: self._verify(request, token))
+
+    @staticmethod
+    def _verify(request, token):
         if "\x00" in token:
             return None
         api_token = authenticate_api_token(token)
@@ -68,6 +81,13 @@ def _unauthorized(request, exc):
         request, {"detail": "Not signed in: send Authorization: Bearer <API token> (this one is missing, wrong, "
                             "expired or revoked) or sign in."}, status=401)
     response["WWW-Authenticate"] = 'Bearer realm="clusterra"'
+    return response
+
+
+@api.exception_handler(throttle.Throttled)
+def _throttled(request, exc):
+    response = api.create_response(request, {"detail": exc.lock.message}, status=429)
+    response["Retry-After"] = str(exc.lock.retry_after)
     return response
 
 
@@ -235,8 +255,9 @@ class ErrorOut(Schema):
 
 
 def errors(*codes: int) -> dict:
-    """Response declarations for the error statuses an operation can answer; every one has 401."""
-    return {code: ErrorOut for code in sorted({401, *codes})}
+    """Response declarations for the error statuses an operation can answer; every one has 401, and 429
+    (a Bearer token from a locked address or prefix: accounts/throttle.py)."""
+    return {code: ErrorOut for code in sorted({401, 429, *codes})}
 
 
 # --- endpoints -----------------------------------------------------------------------------------

@@ -12,6 +12,7 @@ import socket
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import pytest
@@ -56,6 +57,13 @@ def posix_user() -> pwd.struct_passwd:
 @pytest.fixture(autouse=True)
 def _recordings_in_tmp(settings, tmp_path):
     settings.RECORDINGS_DIR = tmp_path / "recordings"
+
+
+@pytest.fixture(autouse=True)
+def _own_cache_keys(settings):
+    """Each test its own keys in the shared Redis cache (sign-in throttle counters: a test's failed sign-ins
+    must not lock out the next test, or a parallel run); the daphne processes it starts use them too."""
+    settings.CACHES = {"default": {**settings.CACHES["default"], "KEY_PREFIX": f"test-{uuid.uuid4().hex}"}}
 
 
 @pytest.fixture
@@ -183,6 +191,7 @@ def run_daphne(tmp_path, settings, extra_env: dict[str, str] | None = None, laun
         "CLUSTERRA_RECORDINGS_DIR": str(settings.RECORDINGS_DIR),
         "CLUSTERRA_SECRET_KEY": settings.SECRET_KEY,
         "CLUSTERRA_ISSUER_URL": url,
+        "CLUSTERRA_CACHE_KEY_PREFIX": settings.CACHES["default"].get("KEY_PREFIX", ""),
         **(extra_env or {}),
     }
     log_path = tmp_path / "daphne.log"

@@ -243,15 +243,16 @@ def test_requests_that_do_not_fit_the_schema_are_400_with_one_detail_line(api, m
 # Every status each operation answers, and the test that makes it answer so: this module
 # (test_every_documented_status_is_answered) unless named.
 EXPECTED_STATUSES = {
-    ("get", "/v1/clusters"): {200, 401},
-    ("get", "/v1/clusters/{cluster_id}/partitions"): {200, 400, 401, 404},
-    ("post", "/v1/clusters/{cluster_id}/jobs"): {201, 400, 401, 403, 404, 413, 502, 503},
-    ("get", "/v1/clusters/{cluster_id}/jobs"): {200, 400, 401, 403, 404},
-    ("get", "/v1/clusters/{cluster_id}/jobs/{job_id}"): {200, 400, 401, 404},
-    ("delete", "/v1/clusters/{cluster_id}/jobs/{job_id}"): {200, 400, 401, 403, 404, 502, 503},
-    ("get", "/v1/clusters/{cluster_id}/jobs/{job_id}/output"): {200, 400, 401, 403, 404, 502, 503},
+    ("get", "/v1/clusters"): {200, 401, 429},
+    ("get", "/v1/clusters/{cluster_id}/partitions"): {200, 400, 401, 404, 429},
+    ("post", "/v1/clusters/{cluster_id}/jobs"): {201, 400, 401, 403, 404, 413, 429, 502, 503},
+    ("get", "/v1/clusters/{cluster_id}/jobs"): {200, 400, 401, 403, 404, 429},
+    ("get", "/v1/clusters/{cluster_id}/jobs/{job_id}"): {200, 400, 401, 404, 429},
+    ("delete", "/v1/clusters/{cluster_id}/jobs/{job_id}"): {200, 400, 401, 403, 404, 429, 502, 503},
+    ("get", "/v1/clusters/{cluster_id}/jobs/{job_id}/output"): {200, 400, 401, 403, 404, 429, 502, 503},
 }
 ANSWERED_ELSEWHERE = {
+    429: "tests/test_signin_throttle.py (bad tokens from one address or for one prefix; the same check for every operation)",
     413: "tests/test_ssm_executor.py::test_api_submit_of_an_inline_script_too_big_for_ssm_is_413",
     503: "tests/test_slurm_down.py (slurmctld stopped)",
 }
