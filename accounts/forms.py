@@ -4,6 +4,7 @@ from django.contrib.auth.forms import AuthenticationForm
 
 from accounts import throttle
 from accounts.models import User
+from accounts.tenancy import active_memberships
 
 
 class ThrottledSignInMixin:
@@ -57,4 +58,4 @@ class ApiTokenForm(forms.Form):
         super().__init__(*args, **kwargs)
         from accounts.models import Tenant
 
-        self.fields["tenant"].queryset = Tenant.objects.filter(memberships__user=user).order_by("name")
+        self.fields["tenant"].queryset = Tenant.objects.filter(memberships__in=active_memberships(user)).order_by("name")

@@ -22,9 +22,8 @@ from datetime import timedelta
 
 import jwt
 from cryptography.fernet import Fernet, InvalidToken
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.db.models import Q
@@ -32,6 +31,7 @@ from django.utils import timezone
 
 from accounts.models import SigningKey
 from audit.services import record_event
+from clusterra import sealed
 
 logger = logging.getLogger(__name__)
 
@@ -115,10 +115,7 @@ _key_cache_lock = threading.Lock()
 
 
 def _fernet() -> Fernet:
-    derived = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=b"clusterra signing-key storage").derive(
-        settings.SECRET_KEY.encode()
-    )
-    return Fernet(base64.urlsafe_b64encode(derived))
+    return sealed.fernet("signing-key storage")
 
 
 def _b64url_uint(value: int) -> str:

@@ -7,7 +7,8 @@ from datetime import timedelta
 
 from django.utils import timezone
 
-from accounts.models import ApiToken, Membership, Tenant, User
+from accounts.models import AccessRule, ApiToken, Membership, Tenant, User
+from accounts.tenancy import active_memberships
 from audit.services import record_event
 
 
@@ -57,7 +58,7 @@ def set_membership(*, tenant, user, role: str, actor=None):
 
 def create_api_token(*, user, tenant, name: str, days: int = 90, actor=None):
     """Returns (token row, the token text). The text is shown once and never stored."""
-    if not Membership.objects.filter(user=user, tenant=tenant).exists():
+    if not active_memberships(user).filter(tenant=tenant).exists():
         raise ValueError(f"{user.email} is not a member of {tenant.slug}")
     if not 1 <= days <= 366:
         raise ValueError("Tokens last 1 to 366 days")
@@ -86,9 +87,85 @@ def authenticate_api_token(text: str):
     token = ApiToken.objects.select_related("user", "tenant").filter(prefix=parts[1]).first()
     if token is None or not hmac.compare_digest(token.secret_hash, hashlib.sha256(parts[2].encode()).hexdigest()):
         return None
-    if not token.is_usable:
+    if not token.is_usable or not active_memberships(token.user).filter(tenant=token.tenant).exists():
         return None
     now = timezone.now()
     if token.last_used_at is None or (now - token.last_used_at).total_seconds() > 60:
         ApiToken.objects.filter(pk=token.pk).update(last_used_at=now)  # bookkeeping, at most once a minute
     return token
+
+
+def ensure_access_rule(*, tenant, group: str, role: str, clusters, actor=None) -> AccessRule:
+    """Create the rule if missing (the demo re-runs this); an existing rule is left as the admin set it."""
+    rule, created = AccessRule.objects.get_or_create(tenant=tenant, group=group, defaults={"role": role})
+    if created:
+        rule.clusters.set(clusters)
+        record_event("access_rule.create", tenant=tenant, actor=actor, target=rule,
+                     data={"group": group, "role": role, "clusters": [c.slug for c in clusters]})
+    return rule
+
+
+def save_access_rule(rule: AccessRule, *, clusters, actor) -> AccessRule:
+    """Create or change a rule (the admin console). Applied at each person's next sign-in or sync."""
+    created = rule.pk is None
+    rule.full_clean()
+    rule.save()
+    rule.clusters.set(clusters)
+    record_event("access_rule.create" if created else "access_rule.update", tenant=rule.tenant, actor=actor, target=rule,
+                 data={"group": rule.group, "role": rule.role, "clusters": sorted(c.slug for c in clusters)})
+    return rule
+
+
+def delete_access_rule(rule: AccessRule, *, actor) -> None:
+    record_event("access_rule.delete", tenant=rule.tenant, actor=actor, target=rule, data={"group": rule.group, "role": rule.role})
+    rule.delete()
+
+
+IDENTITY_PROVIDER_SETTINGS = ("name", "issuer", "client_id", "scopes", "groups_claim", "posix_name_claim", "email_domains", "enabled")
+TENANT_POLICY_SETTINGS = ("local_signin_enabled", "uid_range_start", "uid_range_end", "offboard_kill_processes", "offboard_cancel_jobs")
+
+
+def _changes(before, after, names) -> dict:
+    return {name: [getattr(before, name), getattr(after, name)] for name in names if getattr(before, name) != getattr(after, name)}
+
+
+def save_identity_provider(provider, *, actor, client_secret: str = ""):
+    """Create or change a tenant's IdP (the admin console). A blank `client_secret` keeps the stored one.
+
+    The secret is stored sealed and never written to the audit event (only whether it changed). The
+    discovery cache of the old and new issuer is dropped, so the next sign-in uses the new settings.
+    """
+    from accounts.models import IdentityProvider
+    from accounts.oidc import forget_cached
+    before = IdentityProvider.objects.filter(pk=provider.pk).first() if provider.pk else None
+    if client_secret:
+        provider.set_client_secret(client_secret)
+    provider.full_clean()
+    provider.save()
+    for issuer in {provider.issuer, getattr(before, "issuer", provider.issuer)}:
+        forget_cached(issuer)
+    if before is None:
+        data = {name: getattr(provider, name) for name in IDENTITY_PROVIDER_SETTINGS}
+    else:
+        data = {"changes": _changes(before, provider, IDENTITY_PROVIDER_SETTINGS)}
+    data["client_secret"] = "changed" if client_secret else "unchanged"
+    if before is None or data.get("changes") or client_secret:
+        record_event("identity_provider.create" if before is None else "identity_provider.update", tenant=provider.tenant,
+                     actor=actor, target=provider, data=data)
+    return provider
+
+
+def save_tenant_policy(tenant, *, actor, **settings) -> dict:
+    """Change the tenant's identity policy (local sign-in, uid range, what offboarding does). Returns the changes."""
+    unknown = set(settings) - set(TENANT_POLICY_SETTINGS)
+    if unknown:
+        raise ValueError(f"Not a policy setting: {', '.join(sorted(unknown))}")
+    before = Tenant.objects.get(pk=tenant.pk)
+    for name, value in settings.items():
+        setattr(tenant, name, value)
+    tenant.full_clean()
+    changes = _changes(before, tenant, TENANT_POLICY_SETTINGS)
+    if changes:
+        tenant.save(update_fields=list(changes))
+        record_event("tenant.policy.update", tenant=tenant, actor=actor, target=tenant, data={"changes": changes})
+    return changes

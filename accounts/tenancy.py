@@ -18,11 +18,36 @@ class TenantScopedQuerySet(models.QuerySet):
     def visible_to(self, user):
         if not getattr(user, "is_authenticated", False):
             return self.none()
-        return self.filter(**{f"{self.tenant_path}__memberships__user": user}).distinct()
+        # One filter() call, so both conditions apply to the same membership row.
+        return self.filter(**{f"{self.tenant_path}__memberships__user": user,
+                              f"{self.tenant_path}__memberships__status": "active"}).distinct()
 
 
 def scoped_queryset(path: str) -> type[TenantScopedQuerySet]:
     return type(f"TenantScopedQuerySet_{path}", (TenantScopedQuerySet,), {"tenant_path": path})
+
+
+def active_memberships(user):
+    """The user's memberships that give access now (not suspended, not offboarded)."""
+    from accounts.models import Membership
+    return Membership.objects.filter(user=user, status=Membership.Status.ACTIVE)
+
+
+def is_tenant_admin(user, tenant) -> bool:
+    from accounts.models import Membership
+    return active_memberships(user).filter(tenant=tenant, role=Membership.Role.ADMIN).exists()
+
+
+def administered_tenant_or_404(user, tenant_slug):
+    """The tenant `user` administers; a 404 for members, outsiders and unknown slugs alike."""
+    from accounts.models import Membership, Tenant
+    if not getattr(user, "is_authenticated", False):
+        raise Http404("No such tenant.")
+    tenant = Tenant.objects.filter(slug=tenant_slug, memberships__user=user, memberships__status=Membership.Status.ACTIVE,
+                                   memberships__role=Membership.Role.ADMIN).first()
+    if tenant is None:
+        raise Http404("No such tenant.")  # members learn no more than outsiders
+    return tenant
 
 
 def get_visible_or_404(queryset: TenantScopedQuerySet, user, **lookup):

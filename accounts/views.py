@@ -15,6 +15,20 @@ class LoginView(auth_views.LoginView):
     template_name = "registration/login.html"
     redirect_authenticated_user = True
 
+    def get_context_data(self, **kwargs):
+        from accounts.oidc import sign_in_choices
+        return {**super().get_context_data(**kwargs), "sso_providers": sign_in_choices()}
+
+    def render_to_response(self, context, **kwargs):
+        response = super().render_to_response(context, **kwargs)
+        # "Continue with single sign-on" submits here and is redirected to the IdP: CSP's form-action
+        # covers that redirect, so every enabled IdP's origin joins it on this page.
+        from accounts.oidc import sign_in_origins
+        origins = sign_in_origins()
+        if origins:
+            response._csp_update = {"form-action": origins}
+        return response
+
     def form_invalid(self, form):
         response = super().form_invalid(form)
         if form.signin_lock is not None:  # accounts/throttle.py: too many failures for this email or address

@@ -114,7 +114,7 @@ def main():
     account = map_account(cluster=cluster, user=user, posix_username=entry.pw_name, uid=entry.pw_uid)
     _, token = create_api_token(user=user, tenant=tenant, name="bench")
     session = SessionStore()
-    session.update({SESSION_KEY: str(user.pk), BACKEND_SESSION_KEY: "django.contrib.auth.backends.ModelBackend",
+    session.update({SESSION_KEY: str(user.pk), BACKEND_SESSION_KEY: "accounts.backends.PasswordBackend",
                     HASH_SESSION_KEY: user.get_session_auth_hash()})
     session.create()
 

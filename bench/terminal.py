@@ -559,7 +559,7 @@ if args.get("ssm"):  # a second cluster on the SSM backend, against the control-
     clusters.map_account(cluster=ssm, user=user, posix_username=args["posix_user"], uid=args["uid"])
 session = SessionStore()
 session[SESSION_KEY] = str(user.pk)
-session[BACKEND_SESSION_KEY] = "django.contrib.auth.backends.ModelBackend"
+session[BACKEND_SESSION_KEY] = "accounts.backends.PasswordBackend"
 session[HASH_SESSION_KEY] = user.get_session_auth_hash()
 session.create()
 print(json.dumps({"session_key": session.session_key}))

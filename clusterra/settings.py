@@ -115,9 +115,27 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
 
 AUTH_USER_MODEL = "accounts.User"
 AUTHENTICATION_BACKENDS = [
-    # OIDC (its own issue) adds its backend here; local accounts stay for the embedded default.
-    "django.contrib.auth.backends.ModelBackend",
+    # Local passwords (the demo's way; a tenant can turn them off), then each tenant's OIDC provider.
+    "accounts.backends.PasswordBackend",
+    "accounts.oidc.TenantOIDCBackend",
 ]
+# --- Single sign-on (accounts/oidc.py; docs/configuration.md) ---------------------------------
+# A single-IdP install names its IdP here; tenants may also have their own (admin console → Identity provider).
+OIDC_ISSUER = env_str("CLUSTERRA_OIDC_ISSUER", "")
+OIDC_CLIENT_ID = env_str("CLUSTERRA_OIDC_CLIENT_ID", "")
+OIDC_CLIENT_SECRET = env_secret("CLUSTERRA_OIDC_CLIENT_SECRET", "")
+OIDC_TENANT = env_str("CLUSTERRA_OIDC_TENANT", "demo")
+OIDC_NAME = env_str("CLUSTERRA_OIDC_NAME", "your organisation")
+OIDC_SCOPES = env_str("CLUSTERRA_OIDC_SCOPES", "openid email profile groups")
+OIDC_GROUPS_CLAIM = env_str("CLUSTERRA_OIDC_GROUPS_CLAIM", "groups")
+OIDC_POSIX_NAME_CLAIM = env_str("CLUSTERRA_OIDC_POSIX_NAME_CLAIM", "")
+OIDC_EMAIL_DOMAINS = [d.lower() for d in env_list("CLUSTERRA_OIDC_EMAIL_DOMAINS", [])]
+OIDC_TIMEOUT = env_int("CLUSTERRA_OIDC_TIMEOUT", 5, minimum=1, maximum=60)  # seconds for each call to the IdP
+OIDC_VERIFY_TLS = env_bool("CLUSTERRA_OIDC_VERIFY_TLS", True)
+OIDC_CLAIMS_MAX_AGE = env_int("CLUSTERRA_OIDC_MAX_TOKEN_AGE", 600, minimum=0)  # an ID token older than this (iat) is refused
+OIDC_MAX_STATES = 50  # sign-ins a browser may have started and not finished (mozilla-django-oidc)
+OIDC_AUTHENTICATION_CALLBACK_URL = "oidc_authentication_callback"
+LOGIN_REDIRECT_URL_FAILURE = "/accounts/login/"
 LOGIN_URL = "accounts:login"
 LOGIN_REDIRECT_URL = "home"
 LOGOUT_REDIRECT_URL = "accounts:login"
@@ -325,6 +343,8 @@ TERMINAL_REATTACH_GRACE = env_int("CLUSTERRA_TERMINAL_REATTACH_GRACE", 60, minim
 # is taken for dead (SIGKILL, OOM): its sessions are ended as worker_lost and its shells killed
 # (terminal/processes.py). Long enough that a busy process is not mistaken for a dead one.
 TERMINAL_WORKER_LEASE_SECONDS = env_int("CLUSTERRA_TERMINAL_WORKER_LEASE_SECONDS", 15, minimum=5, maximum=600)
+# Onboarding/offboarding work on head nodes that failed and is due again (accounts/lifecycle.py).
+CELERY_BEAT_SCHEDULE["retry-head-node-work"] = {"task": "accounts.tasks.retry_head_node_work", "schedule": 10}
 CELERY_BEAT_SCHEDULE["reap-lost-portal-processes"] = {"task": "terminal.tasks.reap_lost_portal_processes", "schedule": 5}
 # Recent output kept per session and replayed on reattach (at most the high watermark).
 TERMINAL_SCROLLBACK_BYTES = env_int("CLUSTERRA_TERMINAL_SCROLLBACK_BYTES", 256 * 1024, minimum=0, maximum=16 * 1024 * 1024)

@@ -14,6 +14,9 @@ posix_username_validator = RegexValidator(
 )
 
 
+slurm_account_validator = RegexValidator(r"^[a-z0-9_][a-z0-9_.-]{0,63}$", "Use lowercase letters, digits, '_', '.' and '-'.")
+
+
 def validate_home_template(value: str):
     if not value.startswith("/") or "{username}" not in value:
         raise ValidationError("An absolute path containing {username}, such as /home/{username}.")
@@ -39,6 +42,8 @@ class Cluster(models.Model):
                                            help_text="Unprivileged POSIX user the job poller runs squeue as (never root). Empty: no polling.")
     poll_uid = models.PositiveIntegerField(null=True, blank=True)
     poll_interval = models.PositiveIntegerField(default=10, validators=[MinValueValidator(2)], help_text="Seconds between polls of the queue.")
+    slurm_account = models.CharField(max_length=64, blank=True, validators=[slurm_account_validator],
+                                     help_text="Slurm account new people are associated with (sacctmgr). Empty: no association is made.")
     created_at = models.DateTimeField(auto_now_add=True)
 
     objects = scoped_queryset("tenant").as_manager()
@@ -55,18 +60,42 @@ class Cluster(models.Model):
 
 
 class ClusterAccount(models.Model):
-    """A user's POSIX/Slurm identity on one cluster. Only `active` accounts may open sessions."""
+    """A user's POSIX/Slurm identity on one cluster. Only `active` accounts may open sessions.
+
+    `pending`: access is granted but the head node has not confirmed the account yet (onboarding is
+    retried, accounts/lifecycle.py). `revoked` with `head_node_action` "lock": the account still has to
+    be locked on the head node (retried too); nobody can use it from the portal meanwhile.
+    """
 
     class State(models.TextChoices):
+        PENDING = "pending", "Pending"
         ACTIVE = "active", "Active"
         SUSPENDED = "suspended", "Suspended"
         REVOKED = "revoked", "Revoked"
+
+    class Grant(models.TextChoices):
+        ADMIN = "admin", "An administrator"
+        RULE = "rule", "An access rule"
 
     cluster = models.ForeignKey(Cluster, on_delete=models.CASCADE, related_name="accounts")
     user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="cluster_accounts")
     posix_username = models.CharField(max_length=32, validators=[posix_username_validator])
     uid = models.PositiveIntegerField()
     state = models.CharField(max_length=16, choices=State.choices, default=State.ACTIVE)
+    granted_by = models.CharField(max_length=8, choices=Grant.choices, default=Grant.ADMIN,
+                                  help_text="Rule grants end when the person's groups no longer give this cluster.")
+    class HeadNodeAction(models.TextChoices):
+        NONE = "", "Nothing"
+        CREATE = "create", "Create the POSIX account"
+        UNLOCK = "unlock", "Unlock the POSIX account"
+        LOCK = "lock", "Lock the POSIX account"
+
+    # Head-node work still to do, retried with backoff (accounts/lifecycle.py).
+    head_node_action = models.CharField(max_length=8, choices=HeadNodeAction.choices, default="", blank=True)
+    head_node_error = models.TextField(blank=True)
+    head_node_attempts = models.PositiveIntegerField(default=0)
+    head_node_retry_at = models.DateTimeField(null=True, blank=True, db_index=True)
+    head_node_done_at = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -77,6 +106,32 @@ class ClusterAccount(models.Model):
 
     def __str__(self):
         return f"{self.posix_username}@{self.cluster.slug}"
+
+
+class PosixIdentity(models.Model):
+    """A person's POSIX name and uid in a tenant, the same on every cluster of the tenant.
+
+    Never deleted and never given to anyone else (the user link is cleared if the user is deleted),
+    so a person who comes back gets the same uid and home, and nobody inherits someone else's files.
+    """
+
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="posix_identities")
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="posix_identities")
+    username = models.CharField(max_length=32, validators=[posix_username_validator])
+    uid = models.PositiveIntegerField()
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    objects = scoped_queryset("tenant").as_manager()
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["tenant", "username"], name="posix_name_unique_in_tenant"),
+            models.UniqueConstraint(fields=["tenant", "uid"], name="posix_uid_unique_in_tenant"),
+            models.UniqueConstraint(fields=["tenant", "user"], condition=models.Q(user__isnull=False), name="one_posix_identity_per_user"),
+        ]
+
+    def __str__(self):
+        return f"{self.username} ({self.uid}) in {self.tenant.slug}"
 
 
 class CredentialRevocation(models.Model):

@@ -1,8 +1,7 @@
 from django.contrib.auth.decorators import login_required
 from django.shortcuts import render
 
-from accounts.models import Membership
-from accounts.tenancy import get_visible_or_404
+from accounts.tenancy import active_memberships, get_visible_or_404
 from clusters.models import Cluster, ClusterAccount
 from jobs.models import Partition, QueueSummary
 from terminal.models import TerminalSession
@@ -10,7 +9,7 @@ from terminal.models import TerminalSession
 
 @login_required
 def home(request):
-    memberships = Membership.objects.filter(user=request.user).select_related("tenant").order_by("tenant__name")
+    memberships = active_memberships(request.user).select_related("tenant").order_by("tenant__name")
     clusters = Cluster.objects.visible_to(request.user).select_related("tenant")
     accounts = {a.cluster_id: a for a in ClusterAccount.objects.filter(user=request.user)}
     rows = [{"cluster": c, "account": accounts.get(c.pk)} for c in clusters]

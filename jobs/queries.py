@@ -9,6 +9,7 @@ from django.db.models import F, QuerySet
 from django.http import Http404
 
 from accounts.models import Membership
+from accounts.tenancy import active_memberships
 from clusters.models import Cluster
 from jobs.models import Job
 
@@ -18,7 +19,7 @@ ACTIVE_STATES = {"PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "SUSPENDED",
 
 
 def is_tenant_admin(user, cluster: Cluster) -> bool:
-    return Membership.objects.filter(tenant=cluster.tenant_id, user=user, role=Membership.Role.ADMIN).exists()
+    return active_memberships(user).filter(tenant=cluster.tenant_id, role=Membership.Role.ADMIN).exists()
 
 
 def visible_jobs(user, cluster: Cluster, *, every_user: bool) -> QuerySet:

@@ -124,39 +124,49 @@ def finish_terminal_session(session: TerminalSession, *, reason: str, message: s
     return bool(updated)
 
 
-def revoke_terminal_sessions(*, actor, user=None, session: TerminalSession | None = None,
+def revoke_terminal_sessions(*, actor, user=None, session: TerminalSession | None = None, tenant=None, cluster=None,
                              message: str = "An administrator ended this session.") -> list[str]:
     """End every live session of `user` (or `session`) now, with reason `revoked`, in whichever process holds it.
 
     Durable first: the rows are marked, and each owning process checks for marked rows every second
     (terminal/processes.py). Then the fast path: a channel-layer message ends them within milliseconds;
     if the channel layer is down, that is logged and the durable path still ends them. Revoking a user
-    also revokes their cached AWS credentials in every process. Returns the ids of the sessions marked.
+    also revokes their cached AWS credentials in every process. `tenant` or `cluster` narrow a user's
+    revocation to the sessions there. Returns the ids of the sessions marked.
     """
     if (user is None) == (session is None):
         raise ValueError("Give exactly one of user or session")
     now = timezone.now()
     live = TerminalSession.objects.filter(ended_at__isnull=True, revoke_requested_at__isnull=True)
     live = live.filter(user=user) if user is not None else live.filter(pk=session.pk)
+    if tenant is not None:
+        live = live.filter(cluster__tenant=tenant)
+    if cluster is not None:
+        live = live.filter(cluster=cluster)
     session_ids = [str(pk) for pk in live.values_list("pk", flat=True)]
     TerminalSession.objects.filter(pk__in=session_ids).update(revoke_requested_at=now, revoke_message=message[:500])
     if user is not None:
-        for tenant in Tenant.objects.filter(memberships__user=user):
-            subject = user_subject(user, tenant)
+        tenants = [tenant] if tenant is not None else Tenant.objects.filter(memberships__user=user)
+        for each in tenants:
+            subject = user_subject(user, each)
             CredentialRevocation.objects.update_or_create(subject=subject, defaults={"revoked_at": now})
             aws.forget_credentials(subject)  # here at once; the other processes within a second
-    group = user_group(user.pk) if user is not None else session_group(session.pk)
-    try:
-        async_to_sync(get_channel_layer().group_send)(group, {"type": "terminal.revoke", "message": message})
-    except Exception as exc:  # Redis down: the owners still see the marked rows within a second
-        logger.warning("revocation of %s: the channel layer is unavailable (%s); relying on the database check",
-                       group, type(exc).__name__)
+    # A narrowed revocation signals each session; a whole person's, their group (one message).
+    groups = [session_group(pk) for pk in session_ids] if (session is not None or tenant or cluster) else [user_group(user.pk)]
+    layer = get_channel_layer()
+    for group in groups:
+        try:
+            async_to_sync(layer.group_send)(group, {"type": "terminal.revoke", "message": message})
+        except Exception as exc:  # Redis down: the owners still see the marked rows within a second
+            logger.warning("revocation of %s: the channel layer is unavailable (%s); relying on the database check",
+                           group, type(exc).__name__)
+            break
     if session is not None:
-        tenant, target = session.cluster.tenant, session
+        event_tenant, target = session.cluster.tenant, session
     else:
-        tenant, target = None, user
-    record_event("terminal.session.revoke", tenant=tenant, actor=actor, target=target,
-                 data={"message": message, "sessions": session_ids})
+        event_tenant, target = (cluster.tenant if cluster is not None else tenant), user
+    record_event("terminal.session.revoke", tenant=event_tenant, actor=actor, target=target,
+                 data={"message": message, "sessions": session_ids, **({"cluster": cluster.slug} if cluster else {})})
     return session_ids
 
 

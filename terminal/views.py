@@ -1,14 +1,13 @@
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
-from django.http import Http404
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_POST
 
-from accounts.models import Membership, Tenant, User
+from accounts.models import Tenant, User
 from accounts.services import set_terminal_renderer
-from accounts.tenancy import get_visible_or_404
+from accounts.tenancy import administered_tenant_or_404, get_visible_or_404
 from clusters.models import Cluster, ClusterAccount
 from terminal.actions import revoke_terminal_sessions, wait_until_ended
 from terminal.models import TerminalSession
@@ -36,10 +35,7 @@ def terminal_page(request, tenant_slug, cluster_slug):
 
 
 def _administered_tenant(request, tenant_slug) -> Tenant:
-    tenant = get_object_or_404(Tenant, slug=tenant_slug, memberships__user=request.user)
-    if not Membership.objects.filter(tenant=tenant, user=request.user, role=Membership.Role.ADMIN).exists():
-        raise Http404("No such tenant.")  # members do not learn more than outsiders
-    return tenant
+    return administered_tenant_or_404(request.user, tenant_slug)
 
 
 @login_required

@@ -221,3 +221,7 @@ def run_daphne(tmp_path, settings, extra_env: dict[str, str] | None = None, laun
 def live_daphne(transactional_db, tmp_path, settings):
     with run_daphne(tmp_path, settings) as server:
         yield server
+
+
+# Fixtures for tests with several portal processes (at the end: that module imports the helpers above).
+from tests.multiprocess import private_redis, redis_layer  # noqa: E402, F401

@@ -125,7 +125,9 @@ def test_the_documented_production_configuration_passes_check_deploy(tmp_path):
 _PROBE_HEADERS = """
 import json, django
 django.setup()
+from django.core.management import call_command
 from django.test import Client
+call_command("migrate", verbosity=0)  # the sign-in page lists the tenants' identity providers
 client = Client(HTTP_HOST="portal.example.org")
 tls = client.get("/accounts/login/", HTTP_X_FORWARDED_PROTO="https")
 plain = client.get("/accounts/login/", HTTP_X_FORWARDED_PROTO="http")
@@ -138,10 +140,16 @@ print(json.dumps({
 """
 
 
+def _probe_env(tmp_path) -> dict[str, str]:
+    # The production environment with a database of its own (the probe migrates it): the sign-in page
+    # lists the tenants' identity providers.
+    return {**_production_env(tmp_path), "CLUSTERRA_DATABASE_URL": f"sqlite:///{tmp_path / 'probe.sqlite3'}"}
+
+
 def test_the_production_configuration_sends_the_security_headers(tmp_path):
     import json
 
-    result = subprocess.run([sys.executable, "-c", _PROBE_HEADERS], cwd=BASE_DIR, env=_production_env(tmp_path),
+    result = subprocess.run([sys.executable, "-c", _PROBE_HEADERS], cwd=BASE_DIR, env=_probe_env(tmp_path),
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
     report = json.loads(result.stdout.strip().splitlines()[-1])
@@ -165,7 +173,7 @@ def test_report_only_and_the_idp_origin(tmp_path):
     """The report-only switch moves the policy to the report-only header; the IdP's origin joins form-action."""
     import json
 
-    env = {**_production_env(tmp_path), "CLUSTERRA_CSP_REPORT_ONLY": "1",
+    env = {**_probe_env(tmp_path), "CLUSTERRA_CSP_REPORT_ONLY": "1",
            "CLUSTERRA_CSP_FORM_ACTION_ORIGINS": "https://idp.example.org/", "CLUSTERRA_CSP_REPORT_URI": "https://csp.example.org/r"}
     result = subprocess.run([sys.executable, "-c", _PROBE_HEADERS], cwd=BASE_DIR, env=env, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]

@@ -8,8 +8,8 @@ import subprocess
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
-from accounts.models import Membership
-from accounts.services import ensure_tenant, ensure_user, set_membership
+from accounts.models import AccessRule, Membership
+from accounts.services import ensure_access_rule, ensure_tenant, ensure_user, set_membership
 from clusters.services import configure_polling, ensure_cluster, map_account
 
 DEMO_USERS = [
@@ -62,6 +62,10 @@ class Command(BaseCommand):
             set_membership(tenant=tenant, user=user, role=role)
             entry = ensure_posix_user(posix_name) if as_root else pwd.getpwuid(os.geteuid())
             map_account(cluster=cluster, user=user, posix_username=entry.pw_name, uid=entry.pw_uid)
+
+        # Single sign-on (when CLUSTERRA_OIDC_* is set): these IdP groups give these roles and clusters.
+        ensure_access_rule(tenant=tenant, group="clusterra-admins", role=AccessRule.Role.ADMIN, clusters=[cluster])
+        ensure_access_rule(tenant=tenant, group="clusterra-users", role=AccessRule.Role.MEMBER, clusters=[cluster])
 
         # The job poller runs squeue as an unprivileged service user (never root).
         poller = ensure_posix_user("clusterra-poll") if as_root else pwd.getpwuid(os.geteuid())
