@@ -34,9 +34,12 @@ logger = logging.getLogger(__name__)
 # Backoff for head-node work: 30 s, 1 min, 2 min, … up to an hour between tries.
 RETRY_FIRST = timedelta(seconds=30)
 RETRY_MAX = timedelta(hours=1)
+# Work being tried is held this long (head_node_retry_at in the future), so the periodic retry does not run
+# it a second time meanwhile; if the process trying it dies, the periodic retry takes it over after this.
+CLAIM = timedelta(minutes=5)
 
 
-class LifecycleError(Exception):
+class LifecycleError(AccessError):
     """The change cannot be made (the message says why, for an admin)."""
 
 
@@ -75,6 +78,8 @@ def ensure_posix_identity(tenant: Tenant, user: User, plan: PosixPlan, *, actor=
             with transaction.atomic():
                 identity = PosixIdentity.objects.create(tenant=tenant, user=user, username=plan.username, uid=uid)
         except IntegrityError:
+            if plan.existing:  # a hand-made mapping several people share (the non-root demo): keep using it
+                return PosixIdentity(tenant=tenant, user=user, username=plan.username, uid=uid)
             raise LifecycleError(f"The POSIX name {plan.username!r} or uid {uid} was just taken in {tenant.slug}; try again.") from None
     record_event("posix_identity.create", tenant=tenant, actor=actor, target=identity,
                  data={"user": user.email, "username": identity.username, "uid": identity.uid, "notes": plan.notes})
@@ -102,7 +107,7 @@ def grant_cluster_access(*, cluster: Cluster, user: User, identity: PosixIdentit
     account.state = ClusterAccount.State.PENDING
     account.granted_by = granted_by
     account.head_node_action = action
-    account.head_node_error, account.head_node_attempts, account.head_node_retry_at = "", 0, timezone.now()
+    account.head_node_error, account.head_node_attempts, account.head_node_retry_at = "", 0, timezone.now() + CLAIM
     account.full_clean()
     account.save()
     record_event("cluster_account.grant", tenant=cluster.tenant, actor=actor, target=account,
@@ -122,7 +127,7 @@ def revoke_cluster_access(*, account: ClusterAccount, actor=None, reason: str, l
     ClusterAccount.objects.filter(pk=account.pk).update(
         state=ClusterAccount.State.REVOKED, updated_at=timezone.now(),
         head_node_action=ClusterAccount.HeadNodeAction.LOCK if lock else "", head_node_error="", head_node_attempts=0,
-        head_node_retry_at=timezone.now() if lock else None,
+        head_node_retry_at=timezone.now() + CLAIM if lock else None,
     )
     from terminal.actions import revoke_terminal_sessions
     ended = revoke_terminal_sessions(actor=actor, user=account.user, cluster=cluster,
@@ -164,6 +169,8 @@ def run_head_node_work(account: ClusterAccount) -> bool:
         fields["state"] = ClusterAccount.State.ACTIVE
     # Only if nothing changed meanwhile (an offboarding may have replaced a pending create by a lock).
     done = ClusterAccount.objects.filter(pk=account.pk, head_node_action=action).update(**fields)
+    if not done:  # changed meanwhile: done by another try, or replaced by other work
+        return not ClusterAccount.objects.filter(pk=account.pk).exclude(head_node_action="").exists()
     if done:
         record_event(f"cluster_account.head_node.{action}", tenant=tenant, target=account,
                      data={"cluster": cluster.slug, "posix_username": account.posix_username, "uid": account.uid,
@@ -204,8 +211,12 @@ def retry_head_node_work(limit: int = 50) -> int:
         .select_related("cluster__tenant", "user").order_by("head_node_retry_at")[:limit]
     tried = 0
     for account in due:
-        tried += 1
-        run_head_node_work(account)
+        claimed = ClusterAccount.objects.filter(pk=account.pk, head_node_action=account.head_node_action,
+                                                head_node_retry_at__lte=timezone.now()) \
+            .update(head_node_retry_at=timezone.now() + CLAIM)
+        if claimed:  # not taken by another worker meanwhile
+            tried += 1
+            run_head_node_work(account)
     return tried
 
 
@@ -296,7 +307,7 @@ def onboard_person(*, tenant: Tenant, email: str, role: str, clusters: list[Clus
 def offboard_person(*, tenant: Tenant, user: User, actor, reason: str, source: str = Membership.Source.ADMIN,
                     status: str = Membership.Status.OFFBOARDED) -> OffboardReport:
     """Revoke everything `user` has in `tenant`, now. Re-onboarding later restores the same uid and home."""
-    from terminal.actions import revoke_terminal_sessions
+    from terminal.actions import revoke_terminal_sessions, wait_until_ended
     report = OffboardReport(user=user.email, tenant=tenant.slug, reason=reason)
     suspend = status == Membership.Status.SUSPENDED
     membership = Membership.objects.filter(tenant=tenant, user=user).first()
@@ -310,7 +321,7 @@ def offboard_person(*, tenant: Tenant, user: User, actor, reason: str, source: s
         ClusterAccount.objects.filter(pk=account.pk).update(
             state=ClusterAccount.State.SUSPENDED if suspend else ClusterAccount.State.REVOKED, updated_at=now,
             head_node_action="" if suspend else ClusterAccount.HeadNodeAction.LOCK, head_node_error="", head_node_attempts=0,
-            head_node_retry_at=None if suspend else now)
+            head_node_retry_at=None if suspend else now + CLAIM)
     report.sessions_ended = revoke_terminal_sessions(actor=actor, user=user, tenant=tenant,
                                                      message=f"Your access to {tenant.name} was {'suspended' if suspend else 'revoked'}.")
     if not suspend:
@@ -321,7 +332,10 @@ def offboard_person(*, tenant: Tenant, user: User, actor, reason: str, source: s
                        "api_tokens_revoked": report.tokens_revoked, "clusters": [a.cluster.slug for a in accounts]})
     if suspend:
         return report
-    # Then the head nodes; one that does not answer is retried and shown as pending.
+    # Then the head nodes; one that does not answer is retried and shown as pending. The lock also ends the
+    # person's processes: first let the portal end their terminals, so those end as revoked, not killed.
+    if report.sessions_ended:
+        wait_until_ended(report.sessions_ended, timeout=3.0)
     for account in ClusterAccount.objects.filter(pk__in=[a.pk for a in accounts]).select_related("cluster__tenant", "user"):
         if run_head_node_work(account):
             report.clusters_locked.append(account.cluster.slug)

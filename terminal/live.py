@@ -273,6 +273,13 @@ class LiveSession:
                 await self.backend.terminate()
             except Exception:
                 logger.exception("terminal session %s: terminating the backend failed", self.key)
+            # The shell is gone: the browser hears it first, the bookkeeping follows.
+            attached, self.attached = self.attached, None
+            if attached is not None:
+                try:
+                    await attached.session_ended(reason, message, exit_code, close_code)
+                except Exception:
+                    logger.exception("terminal session %s: telling the browser failed", self.key)
             if self.recorder is not None:
                 self.recorder.close()
             if self._channel_name is not None:
@@ -280,12 +287,6 @@ class LiveSession:
                 for group in self._groups:
                     with contextlib.suppress(Exception):  # the layer is down: the group entry expires by itself
                         await layer.group_discard(group, self._channel_name)
-            attached, self.attached = self.attached, None
-            if attached is not None:
-                try:
-                    await attached.session_ended(reason, message, exit_code, close_code)
-                except Exception:
-                    logger.exception("terminal session %s: telling the browser failed", self.key)
             await database_sync_to_async(actions.finish_terminal_session)(
                 self.session, reason=reason, message=message, exit_code=exit_code,
                 bytes_in=self.bytes_in, bytes_out=self.bytes_out,

@@ -200,3 +200,27 @@ def test_the_sign_in_page_offers_the_idp_and_lets_its_origin_take_the_form(clien
     assert "Sign in with Acme IdP" in page.content.decode()
     origin = idp.issuer.rstrip("/")
     assert f"form-action 'self' {origin}" in page["Content-Security-Policy"]
+
+
+def test_the_demo_with_the_four_variables_offers_sso_and_maps_its_groups(client, idp, settings, monkeypatch, tmp_path):
+    """`make demo` with CLUSTERRA_OIDC_*: the demo's alice signs in through the IdP as herself (admin),
+    bob as member with the cluster `local`; the environment's IdP needs no database row."""
+    from django.core.management import call_command
+
+    settings.DATA_DIR = tmp_path
+    monkeypatch.setenv("CLUSTERRA_DEMO_PASSWORD", "demo-password-123")
+    call_command("setup_demo")
+    settings.OIDC_ISSUER, settings.OIDC_CLIENT_ID, settings.OIDC_CLIENT_SECRET = idp.issuer, idp.client_id, idp.client_secret
+    settings.OIDC_TENANT, settings.OIDC_NAME = "demo", "Demo IdP"
+    assert "Sign in with Demo IdP" in client.get("/accounts/login/").content.decode()
+    alice = User.objects.get(email="alice@demo.test")
+    response, _ = sso(client, "alice@demo.test", start="/oidc/authenticate/?tenant=demo")
+    assert response.status_code == 302 and signed_in_user(client) == alice
+    assert Membership.objects.get(user=alice, tenant__slug="demo").role == "admin"
+    client.post("/accounts/logout/")
+    bob = User.objects.get(email="bob@demo.test")
+    response, _ = sso(client, "bob@demo.test", start="/oidc/authenticate/?tenant=demo")
+    assert response.status_code == 302 and signed_in_user(client) == bob
+    account = bob.cluster_accounts.get(cluster__slug="local")
+    assert account.state == "active" and account.granted_by == "admin"  # the demo's own mapping is kept
+    assert not IdentityProvider.objects.exists()
