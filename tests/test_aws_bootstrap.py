@@ -11,6 +11,7 @@ import pytest
 from django.core.management import CommandError, call_command
 from moto import mock_aws
 
+from clusters.models import Cluster
 from clusters.services import configure_polling, ensure_cluster
 
 pytestmark = pytest.mark.django_db
@@ -68,7 +69,8 @@ def test_oidc_provider_and_trust_policy(cluster, cast):
     assert sorted(portal["Action"]) == ["sts:AssumeRoleWithWebIdentity", "sts:TagSession"]
     assert portal["Condition"]["StringEquals"] == {"portal.example.test:aud": "sts.amazonaws.com"}
     assert portal["Condition"]["StringLike"] == {
-        "portal.example.test:sub": [f"tenant-{cast.acme.pk}-user-*", f"cluster-{cluster.pk}-poller"]}
+        "portal.example.test:sub": [f"tenant-{cast.acme.pk}-user-*", f"cluster-{cluster.pk}-poller",
+                                                  f"cluster-{cluster.pk}-provisioner"]}
     assert out["warnings"] == [] and err == ""
 
 
@@ -164,13 +166,14 @@ def test_account_id_override_and_warnings(cluster, settings):
     assert len(out["warnings"]) >= 3
 
 
-def test_idp_token_source_leaves_placeholders_and_keeps_the_poller(cluster):
+def test_idp_token_source_leaves_placeholders_and_keeps_the_poller_and_the_provisioner(cluster):
     configure_polling(cluster, posix_username="slurmpoll", uid=5050)
     cluster.backend_settings = {**cluster.backend_settings, "token_source": "idp"}
     cluster.save()
     out, err = bootstrap("--cluster", "acme/aws")
     portal, idp = out["role"]["AssumeRolePolicyDocument"]["Statement"]
-    assert portal["Condition"]["StringLike"] == {"portal.example.test:sub": [f"cluster-{cluster.pk}-poller"]}
+    assert portal["Condition"]["StringLike"] == {"portal.example.test:sub": [f"cluster-{cluster.pk}-poller",
+                                                                            f"cluster-{cluster.pk}-provisioner"]}
     assert "<IDP_ISSUER_HOST_AND_PATH>" in idp["Principal"]["Federated"] and "sts:TagSession" in idp["Action"]
     assert "placeholders" in err
 
@@ -198,7 +201,9 @@ def test_other_tenants_cluster_is_addressed_by_its_own_tenant(cast):
                    backend_settings={"region": REGION, "instance_id": INSTANCE, "role_arn": ROLE})
     out, _ = bootstrap("--cluster", "other/aws")
     [portal] = out["role"]["AssumeRolePolicyDocument"]["Statement"]
-    assert portal["Condition"]["StringLike"]["portal.example.test:sub"] == [f"tenant-{cast.other.pk}-user-*"]
+    cluster = Cluster.objects.get(tenant=cast.other, slug="aws")
+    assert portal["Condition"]["StringLike"]["portal.example.test:sub"] == [f"tenant-{cast.other.pk}-user-*",
+                                                                          f"cluster-{cluster.pk}-provisioner"]
 
 
 def test_moto_accepts_the_documents(cluster):
