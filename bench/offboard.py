@@ -115,11 +115,12 @@ async def one_run(number: int) -> dict:
     exits = [r["exit_at"] - t0 for r in records if "exit_at" in r]
     closes = [r["closed_at"] - t0 for r in records]
     reasons = {r.get("reason") for r in records}
-    result = {"last_exit": max(exits) if len(exits) == len(records) else float("inf"), "last_close": max(closes),
+    result = {"first_exit": min(exits, default=float("inf")),
+              "last_exit": max(exits) if len(exits) == len(records) else float("inf"), "last_close": max(closes),
               "call": call, "workers": workers, "reasons": reasons, "ended": len(report.sessions_ended),
               "locked": report.clusters_locked, "pending": report.clusters_pending}
     print(f"run {number:2d}: {args.sessions} sessions over workers {dict(sorted(workers.items()))}: "
-          f"last exit status {result['last_exit'] * 1000:.0f} ms, last socket closed {result['last_close'] * 1000:.0f} ms "
+          f"first exit status {result['first_exit'] * 1000:.0f} ms, last {result['last_exit'] * 1000:.0f} ms, last socket closed {result['last_close'] * 1000:.0f} ms "
           f"after the call started; the call took {call * 1000:.0f} ms (ended {result['ended']}, locked {report.clusters_locked}"
           f"{', pending ' + str(report.clusters_pending) if report.clusters_pending else ''}); reasons {reasons}"
           f"{'; errors ' + str({r['error'] for r in records if 'error' in r}) if any('error' in r for r in records) else ''}",
@@ -136,7 +137,8 @@ def percentile(values: list[float], p: float) -> float:
 async def main():
     results = [await one_run(n) for n in range(1, args.runs + 1)]
     print(f"\n{args.runs} runs of {args.sessions} sessions, load average {os.getloadavg()[0]:.1f}:")
-    for key, label in (("last_close", "last socket closed"), ("last_exit", "last exit status"), ("call", "offboard call")):
+    for key, label in (("last_close", "last socket closed"), ("last_exit", "last exit status"), ("first_exit", "first exit status"),
+                       ("call", "offboard call")):
         values = [r[key] * 1000 for r in results]
         print(f"  {label:<20} p50 {statistics.median(values):7.0f} ms   p99 {percentile(values, 99):7.0f} ms   "
               f"max {max(values):7.0f} ms")

@@ -28,7 +28,8 @@ from terminal.models import TerminalSession
 from tests.conftest import wait_for
 from tests.multiprocess import two_daphnes
 from tests.terminal_client import signed_in_cookie, ws_terminal
-from tests.test_provisioning import remove_user, sh
+from tests.test_provisioning import INSTANCE, REGION, ROLE, remove_user, sh
+from tests.test_provisioning import ssm as ssm_peer  # noqa: F401 (fixture: SendCommand answered by a local peer)
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="creates real POSIX users with useradd: needs root (CI runs as root)")
 pytestmark = [needs_root]
@@ -274,3 +275,21 @@ def test_offboarding_ends_a_live_terminal_held_by_the_other_daphne(site, transac
                 assert {r.end_reason for r in rows} == {"revoked"}
 
         asyncio.run(scenario())
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("ssm_peer")
+def test_onboarding_to_an_ssm_cluster_is_queued_for_a_celery_worker(site, monkeypatch, django_capture_on_commit_callbacks):
+    """SSM head nodes answer in seconds: the grant is recorded pending and a Celery task runs the SendCommand."""
+    from accounts import tasks
+    cloud = ensure_cluster(tenant=site.tenant, slug="cloud", name="Lab cloud", backend="ssm",
+                           backend_settings={"region": REGION, "instance_id": INSTANCE, "role_arn": ROLE})
+    queued = []
+    monkeypatch.setattr(tasks.head_node_work, "delay", queued.append)
+    with django_capture_on_commit_callbacks(execute=True):
+        user = site.person(clusters=[cloud])
+    account = _account(user, cloud)
+    assert account.state == "pending" and account.head_node_action == "create" and queued == [account.pk]
+    assert tasks.head_node_work(account.pk) is True  # what the worker runs
+    account.refresh_from_db()
+    assert account.state == "active" and pwd.getpwnam(account.posix_username).pw_uid == account.uid
