@@ -75,6 +75,9 @@ def open_terminal_session(*, user, tenant_slug: str, cluster_slug: str, working_
     if cluster is None:
         raise TerminalRefused("No such cluster.", not_found=True)
     account = ClusterAccount.objects.filter(cluster=cluster, user=user).first()
+    if account is not None and account.state == ClusterAccount.State.PENDING:
+        raise TerminalRefused(f"Your account on {cluster.name} is still being set up on the head node. Try again in a "
+                              "minute; if it stays like this, a tenant admin sees why.")
     if account is None or account.state != ClusterAccount.State.ACTIVE:
         state = "no account" if account is None else f"a {account.state} account"
         raise TerminalRefused(f"You have {state} on {cluster.name}; a tenant admin can give you access.")
