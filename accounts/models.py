@@ -187,6 +187,15 @@ class IdentityProvider(models.Model):
     def __str__(self):
         return f"{self.name} ({self.tenant.slug})"
 
+    def clean(self):
+        from urllib.parse import urlsplit
+        parts = urlsplit(self.issuer or "")
+        # The portal fetches this URL (discovery, keys, tokens): https, except an IdP on this machine (tests, demo).
+        if parts.scheme != "https" and parts.hostname not in ("127.0.0.1", "localhost", "::1"):
+            raise ValidationError({"issuer": "The issuer must be an https:// URL (http only for an IdP on this machine)."})
+        if parts.query or parts.fragment or parts.username:
+            raise ValidationError({"issuer": "The issuer is a plain URL, without query, fragment or user."})
+
     @property
     def from_environment(self) -> bool:
         return self.pk is None

@@ -383,6 +383,10 @@ def test_identity_provider_secret_is_write_only_and_never_audited(world, client)
                                                                      ("identity_provider.update", "unchanged")]
     assert "s3cret" not in json.dumps([e.data for e in AuditEvent.objects.all()])
     assert "s3cret" not in client.get("/t/acme/admin/identity/").content.decode()
+    # The portal fetches the issuer: https only, except an IdP on this machine.
+    page = client.post("/t/acme/admin/identity/provider/", {**IDP_FORM, "issuer": "http://169.254.169.254/latest"}).content.decode()
+    assert "must be an https:// URL" in page
+    assert IdentityProvider.objects.get(tenant=world.acme).issuer == "https://idp.acme.test"
     # Another tenant cannot claim acme's email domain.
     charlie = signed_in(world.charlie)
     page = charlie.post("/t/other/admin/identity/provider/", {**IDP_FORM, "email_domains": "acme.test", "client_secret": "x"})
