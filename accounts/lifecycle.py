@@ -345,6 +345,17 @@ def offboard_person(*, tenant: Tenant, user: User, actor, reason: str, source: s
     return report
 
 
+def change_role(*, tenant: Tenant, user: User, role: str, actor) -> Membership:
+    """An admin makes someone an admin or a member. A later sign-in applies the IdP's groups again."""
+    membership = Membership.objects.filter(tenant=tenant, user=user).first()
+    if membership is None:
+        raise LifecycleError(f"{user.email} is not a member of {tenant.slug}.")
+    if role not in Membership.Role.values:
+        raise LifecycleError(f"Unknown role {role!r}.")
+    return _set_membership(tenant, user, role=role, status=membership.status, source=membership.status_source,
+                           reason=membership.status_reason, actor=actor)
+
+
 def suspend_person(*, tenant: Tenant, user: User, actor, reason: str) -> OffboardReport:
     """Block the person for now: sessions and web sign-ins end, tokens stop working; nothing on the head nodes changes."""
     return offboard_person(tenant=tenant, user=user, actor=actor, reason=reason, status=Membership.Status.SUSPENDED)

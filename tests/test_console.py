@@ -103,6 +103,7 @@ def console_requests(w) -> list[tuple[str, str, dict | None]]:
     posts = [
         ("post", f"{base}/people/{bob}/accounts/{w.account.pk}/retry/", {}),
         ("post", f"{base}/people/{bob}/unlock/", {}),
+        ("post", f"{base}/people/{bob}/role/", {"role": "admin"}),
         ("post", f"{base}/people/{bob}/sessions/{w.session.pk}/end/", {}),
         ("post", f"{base}/people/{bob}/tokens/{w.token.pk}/revoke/", {}),
         ("post", f"{base}/preview/", {"claims": '{"email": "x@acme.test", "groups": ["hpc-users"]}'}),
@@ -494,3 +495,15 @@ def test_navigation_bar(world, client):
     assert 'href="/t/acme/admin/" aria-current="page">Admin</a>' in page and 'href="/t/acme/sessions/">Sessions</a>' in page
     client.force_login(world.olga)
     assert "/t/acme/admin/" not in client.get("/").content.decode()
+
+
+def test_an_admin_changes_a_role_but_not_their_own(world, client):
+    client.force_login(world.alice)
+    client.post(f"/t/acme/admin/people/{world.bob.pk}/role/", {"role": "admin"})
+    assert Membership.objects.get(tenant=world.acme, user=world.bob).role == "admin"
+    event = AuditEvent.objects.filter(action="membership.set", target_type="accounts.membership").latest("id")
+    assert event.data["role"] == "admin" and event.actor == world.alice
+    client.post(f"/t/acme/admin/people/{world.alice.pk}/role/", {"role": "member"})
+    assert Membership.objects.get(tenant=world.acme, user=world.alice).role == "admin"
+    bad = client.post(f"/t/acme/admin/people/{world.bob.pk}/role/", {"role": "owner"}, follow=True)
+    assert "Choose admin or member" in bad.content.decode()

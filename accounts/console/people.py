@@ -187,6 +187,22 @@ def revoke_token(request, tenant, user_id, token_id):
 
 @console_view
 @require_POST
+def change_role(request, tenant, user_id):
+    user, membership = person_or_404(tenant, user_id)
+    role = request.POST.get("role", "")
+    if user == request.user:
+        messages.error(request, "You cannot change your own role; ask another admin.")
+    elif role not in Membership.Role.values:
+        messages.error(request, "Choose admin or member.")
+    elif role != membership.role:
+        lifecycle.change_role(tenant=tenant, user=user, role=role, actor=request.user)
+        messages.success(request, f"{user.email} is now {Membership.Role(role).label.lower()} of {tenant.name}."
+                         + (" Their IdP groups decide again at their next sign-in." if membership.idp_groups else ""))
+    return redirect("console:person", tenant.slug, user.pk)
+
+
+@console_view
+@require_POST
 def unlock_sign_in(request, tenant, user_id):
     user, _ = person_or_404(tenant, user_id)
     try:

@@ -13,6 +13,7 @@ urlpatterns = [
     path("people/<int:user_id>/offboard/", people.change_status, {"action": "offboard"}, name="person_offboard"),
     path("people/<int:user_id>/reinstate/", people.change_status, {"action": "reinstate"}, name="person_reinstate"),
     path("people/<int:user_id>/unlock/", people.unlock_sign_in, name="person_unlock"),
+    path("people/<int:user_id>/role/", people.change_role, name="person_role"),
     path("people/<int:user_id>/accounts/<int:account_id>/retry/", people.retry_account, name="account_retry"),
     path("people/<int:user_id>/sessions/<uuid:session_id>/end/", people.end_session, name="session_end"),
     path("people/<int:user_id>/tokens/<int:token_id>/revoke/", people.revoke_token, name="token_revoke"),
