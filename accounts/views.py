@@ -17,6 +17,8 @@ class LoginView(auth_views.LoginView):
 
     def get_context_data(self, **kwargs):
         from accounts.oidc import sign_in_choices
+        # One IdP: its button. Several (tenants of a shared portal): only the email-or-organisation field,
+        # so the page does not list every tenant.
         return {**super().get_context_data(**kwargs), "sso_providers": sign_in_choices()}
 
     def render_to_response(self, context, **kwargs):

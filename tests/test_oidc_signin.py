@@ -224,3 +224,13 @@ def test_the_demo_with_the_four_variables_offers_sso_and_maps_its_groups(client,
     account = bob.cluster_accounts.get(cluster__slug="local")
     assert account.state == "active" and account.granted_by == "admin"  # the demo's own mapping is kept
     assert not IdentityProvider.objects.exists()
+
+
+def test_with_several_idps_the_sign_in_page_asks_for_the_email_and_lists_no_tenant(client, acme):
+    other = Tenant.objects.create(slug="initech", name="Initech Secret Project")
+    IdentityProvider.objects.create(tenant=other, name="Initech IdP", issuer="https://idp.initech.test", client_id="x")
+    page = client.get("/accounts/login/").content.decode()
+    assert "Continue with single sign-on" in page
+    assert "Initech" not in page and "Acme" not in page
+    IdentityProvider.objects.all().delete()
+    assert "single sign-on" not in client.get("/accounts/login/").content.decode()  # none: only the password form

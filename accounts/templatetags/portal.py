@@ -3,6 +3,7 @@
 import json
 
 from django import template
+from django.db.models import OuterRef, Subquery
 from django.urls import reverse
 
 from accounts.models import Membership
@@ -13,15 +14,16 @@ register = template.Library()
 
 
 def _nav_targets(request) -> dict:
-    """The user's admin tenants and the first cluster they see (two queries, once per request)."""
+    """The user's admin tenants and the first cluster they see (one query, once per request)."""
     cached = getattr(request, "_clusterra_nav", None)
     if cached is None:
-        user = request.user
-        admin_of = [m.tenant for m in active_memberships(user).filter(role=Membership.Role.ADMIN).select_related("tenant")
-                    .order_by("tenant__name")]
-        first = Cluster.objects.visible_to(user).select_related("tenant").first()
+        first_cluster = Cluster.objects.filter(tenant=OuterRef("tenant")).order_by("name").values("slug")[:1]
+        memberships = list(active_memberships(request.user).select_related("tenant").order_by("tenant__name")
+                           .annotate(first_cluster=Subquery(first_cluster)))
+        admin_of = [m.tenant for m in memberships if m.role == Membership.Role.ADMIN]
+        first = next((m for m in memberships if m.first_cluster), None)
         cached = {"admin_of": admin_of,
-                  "jobs_url": reverse("jobs:list", args=[first.tenant.slug, first.slug]) if first else reverse("home")}
+                  "jobs_url": reverse("jobs:list", args=[first.tenant.slug, first.first_cluster]) if first else reverse("home")}
         request._clusterra_nav = cached
     return cached
 
