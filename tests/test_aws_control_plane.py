@@ -28,7 +28,7 @@ from terminal import protocol
 from terminal.backends.local_pty import session_pids
 from terminal.ssm.channel import DataChannel
 from tests.aws_control_plane import AwsControlPlane, Role
-from tests.conftest import _free_port, run_daphne
+from tests.conftest import _free_port, run_daphne, wait_for
 from tests.ssm_emulator import DEFAULT_TARGET, run_in_thread
 from tests.terminal_client import signed_in_cookie, ws_terminal
 
@@ -272,7 +272,8 @@ def test_sessions_run_as_the_tagged_user_and_belong_to_their_owner(cast, plane, 
 
     output, shell_pid = asyncio.run(run_then_terminate())
     assert b"shell-12" in output
-    assert emulator.emulator.sessions[sid].ended and session_pids(shell_pid) == []
+    assert emulator.emulator.sessions[sid].ended
+    wait_for(lambda: session_pids(shell_pid) == [], 10, "the terminated session's shell to be gone")  # killed as it ends
     assert bob_ssm.terminate_session(SessionId=sid)["SessionId"] == sid
     assert error_of(lambda: bob_ssm.resume_session(SessionId=sid))[0] == "DoesNotExistException"
     ops = [(c["operation"], c["outcome"]) for c in plane.calls if c["service"] == "ssm"]

@@ -251,9 +251,16 @@ def test_group_rules_grant_and_take_clusters(site):
 
 @pytest.mark.slow
 def test_offboarding_ends_a_live_terminal_held_by_the_other_daphne(site, transactional_db, tmp_path, settings, redis_layer):
+    import requests
     user = site.person()
     cookie = signed_in_cookie(user)
+    _token, token_text = create_api_token(user=user, tenant=site.tenant, name="cli")
     with two_daphnes(tmp_path, settings, redis_layer.url) as (one, two):
+        web = requests.Session()
+        web.cookies.set("sessionid", cookie)
+        api = {"Authorization": f"Bearer {token_text}"}
+        assert web.get(f"{two}/", allow_redirects=False, timeout=30).status_code == 200
+        assert requests.get(f"{two}/v1/clusters", headers=api, timeout=30).status_code == 200
 
         async def scenario():
             async with contextlib.AsyncExitStack() as stack:
@@ -275,6 +282,10 @@ def test_offboarding_ends_a_live_terminal_held_by_the_other_daphne(site, transac
                 assert {r.end_reason for r in rows} == {"revoked"}
 
         asyncio.run(scenario())
+        # The person's web session and API token stop working on every process.
+        for server in (one, two):
+            assert web.get(f"{server}/", allow_redirects=False, timeout=30).status_code == 302
+            assert requests.get(f"{server}/v1/clusters", headers=api, timeout=30).status_code == 401
 
 
 @pytest.mark.slow
