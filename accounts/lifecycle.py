@@ -286,6 +286,26 @@ def apply_access(*, tenant: Tenant, user: User, decision: AccessDecision, groups
     return membership
 
 
+def sync_groups(*, tenant: Tenant, user: User, groups: list[str], source: str, actor=None) -> Membership | None:
+    """Apply what `groups` give `user` in `tenant`, as the IdP's directory says them (SCIM, Okta sync, event hooks).
+
+    The same decision as at sign-in (accounts/access.py), for a person who may never have signed in: their
+    POSIX name comes from the tenant's rule applied to their email. No matching group offboards an active
+    member (source idp); an admin's offboarding or suspension stands. Returns the active membership or None.
+    """
+    from accounts.access import evaluate_access
+    from accounts.oidc import provider_for_tenant
+    provider = provider_for_tenant(tenant)
+    claims = {"email": user.email, "sub": str(user.pk)}
+    decision = evaluate_access(tenant, sorted(set(groups)), user=user, claims=claims,
+                               posix_name_claim="")  # a chosen claim is not in the directory's data: the email rule
+    if provider is not None and provider.posix_name_claim and decision.posix is not None and not decision.posix.existing:
+        # The tenant names people from a claim only the IdP's token carries: wait for their first sign-in.
+        decision.posix, decision.posix_error = None, (f"The tenant takes POSIX names from the {provider.posix_name_claim!r} "
+                                                      "claim: the account is set up at the person's first sign-in.")
+    return apply_access(tenant=tenant, user=user, decision=decision, groups=sorted(set(groups)), actor=actor, source=source)
+
+
 def onboard_person(*, tenant: Tenant, email: str, role: str, clusters: list[Cluster], actor, full_name: str = "",
                    posix_plan: PosixPlan | None = None, reason: str = "") -> Membership:
     """An admin adds (or reinstates) a person: membership, POSIX identity, and access to `clusters`."""

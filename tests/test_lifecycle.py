@@ -304,3 +304,24 @@ def test_onboarding_to_an_ssm_cluster_is_queued_for_a_celery_worker(site, monkey
     assert tasks.head_node_work(account.pk) is True  # what the worker runs
     account.refresh_from_db()
     assert account.state == "active" and pwd.getpwnam(account.posix_username).pw_uid == account.uid
+
+
+def test_sync_groups_onboards_and_offboards_a_person_who_never_signed_in(site):
+    from accounts.services import ensure_user
+    rule = AccessRule.objects.create(tenant=site.tenant, group="lab-users", role="member")
+    rule.clusters.set([site.cluster])
+    user = ensure_user(email=f"ct{secrets.token_hex(5)}@example.test")
+    try:
+        membership = lifecycle.sync_groups(tenant=site.tenant, user=user, groups=["lab-users", "other"], source="scim")
+        assert membership.status == "active" and membership.idp_groups == ["lab-users", "other"]
+        account = _account(user, site.cluster)
+        assert account.state == "active" and pwd.getpwnam(account.posix_username).pw_uid == account.uid
+        assert lifecycle.sync_groups(tenant=site.tenant, user=user, groups=[], source="scim") is None
+        membership.refresh_from_db()
+        assert (membership.status, membership.status_source) == ("offboarded", "idp")
+        with pytest.raises(AccountLocked):
+            check_posix_account(account.posix_username, account.uid)
+    finally:
+        identity = PosixIdentity.objects.filter(user=user).first()
+        if identity is not None:
+            remove_user(identity.username, identity.uid)
