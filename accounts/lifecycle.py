@@ -275,6 +275,7 @@ def apply_access(*, tenant: Tenant, user: User, decision: AccessDecision, groups
                                  actor=actor)
     if membership.idp_groups != groups:
         Membership.objects.filter(pk=membership.pk).update(idp_groups=groups)
+        membership.idp_groups = groups
     wanted = {c.pk for c in decision.clusters}
     for cluster in decision.clusters:
         grant_cluster_access(cluster=cluster, user=user, identity=identity, actor=actor, granted_by=ClusterAccount.Grant.RULE,
