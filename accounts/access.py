@@ -184,12 +184,23 @@ def plan_posix_identity(tenant, *, user=None, claims: dict, posix_name_claim: st
     return PosixPlan(candidate, None, existing=False, notes=notes)
 
 
+def _uid_on_this_machine(uid: int) -> bool:
+    try:
+        pwd.getpwuid(uid)
+    except KeyError:
+        return False
+    return True
+
+
 def next_free_uid(tenant) -> int:
-    """The lowest uid above every uid the tenant ever allocated in its range (never a reused one)."""
+    """The lowest uid above every uid the tenant ever allocated in its range (never a reused one), skipping
+    uids someone already has on a local head node (SSM head nodes refuse a taken uid at provisioning)."""
     top = PosixIdentity.objects.filter(tenant=tenant, uid__gte=tenant.uid_range_start, uid__lte=tenant.uid_range_end) \
         .aggregate(top=Max("uid"))["top"]
     uid = tenant.uid_range_start if top is None else top + 1
-    while uid <= tenant.uid_range_end and ClusterAccount.objects.filter(cluster__tenant=tenant, uid=uid).exists():
+    local = Cluster.objects.filter(tenant=tenant, backend=Cluster.Backend.LOCAL).exists()
+    while uid <= tenant.uid_range_end and (ClusterAccount.objects.filter(cluster__tenant=tenant, uid=uid).exists()
+                                           or (local and _uid_on_this_machine(uid))):
         uid += 1
     if uid > tenant.uid_range_end:
         raise AccessError(f"The tenant's uid range {tenant.uid_range_start}–{tenant.uid_range_end} is used up.")

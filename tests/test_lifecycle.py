@@ -325,3 +325,17 @@ def test_sync_groups_onboards_and_offboards_a_person_who_never_signed_in(site):
         identity = PosixIdentity.objects.filter(user=user).first()
         if identity is not None:
             remove_user(identity.username, identity.uid)
+
+
+def test_uid_allocation_skips_uids_already_used_on_the_local_head_node(site):
+    from accounts.access import next_free_uid
+    holder = "ct" + secrets.token_hex(5)
+    taken = site.tenant.uid_range_start
+    out = sh("useradd", "--uid", str(taken), "--no-create-home", "--shell", "/usr/sbin/nologin", holder)
+    assert out.returncode == 0, out.stderr
+    try:
+        assert next_free_uid(site.tenant) == taken + 1
+        user = site.person()
+        assert _account(user, site.cluster).uid == taken + 1 and _account(user, site.cluster).state == "active"
+    finally:
+        sh("userdel", holder)
