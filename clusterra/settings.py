@@ -58,6 +58,7 @@ INSTALLED_APPS = [
     "terminal",
     "jobs",
     "audit",
+    "scim",  # SCIM 2.0 provisioning at /scim/v2/ (docs/scim.md)
 ]
 
 MIDDLEWARE = [

@@ -3,6 +3,7 @@
 from django.urls import path
 
 from accounts.console import configuration, people, review
+from scim import console as scim_console
 
 app_name = "console"
 urlpatterns = [
@@ -28,6 +29,8 @@ urlpatterns = [
     path("identity/provider/", configuration.identity_provider_save, name="identity_provider_save"),
     path("identity/policy/", configuration.tenant_policy_save, name="tenant_policy_save"),
     path("identity/test/", configuration.identity_provider_test, name="identity_provider_test"),
+    path("provisioning/", scim_console.provisioning, name="provisioning"),
+    path("provisioning/tokens/<int:token_id>/revoke/", scim_console.revoke_token, name="scim_token_revoke"),
     path("preview/", review.preview, name="preview"),
     path("activity/", review.activity, name="activity"),
 ]
