@@ -59,6 +59,7 @@ INSTALLED_APPS = [
     "jobs",
     "audit",
     "scim",  # SCIM 2.0 provisioning at /scim/v2/ (docs/scim.md)
+    "okta",
 ]
 
 MIDDLEWARE = [
@@ -421,3 +422,17 @@ CELERY_BEAT_SCHEDULE["rotate-signing-key"] = {"task": "accounts.tasks.rotate_sig
 # botocore logs request and response bodies at DEBUG, and those carry web-identity and session tokens.
 for _name in ("botocore", "boto3", "urllib3", "s3transfer"):
     LOGGING["loggers"].setdefault(_name, {"level": "WARNING"})
+
+# --- Okta: reconciliation with the Groups API and event hooks (okta/, docs/okta.md) ---------------------------
+OKTA_SYNC_MINUTES = env_int("CLUSTERRA_OKTA_SYNC_MINUTES", 15, minimum=1, maximum=1440)
+CELERY_BEAT_SCHEDULE["okta-reconcile"] = {"task": "okta.tasks.reconcile_all", "schedule": OKTA_SYNC_MINUTES * 60}
+OKTA_CONNECT_TIMEOUT = env_int("CLUSTERRA_OKTA_CONNECT_TIMEOUT", 5, minimum=1, maximum=60)
+OKTA_READ_TIMEOUT = env_int("CLUSTERRA_OKTA_READ_TIMEOUT", 30, minimum=1, maximum=300)
+OKTA_RETRIES = env_int("CLUSTERRA_OKTA_RETRIES", 2, minimum=0, maximum=10)  # per request, on 5xx or no answer
+OKTA_PAGE_SIZE = env_int("CLUSTERRA_OKTA_PAGE_SIZE", 1000, minimum=1, maximum=1000)  # members per page (`limit`)
+OKTA_RATE_LIMIT_MAX_WAIT = env_int("CLUSTERRA_OKTA_RATE_LIMIT_MAX_WAIT", 60, minimum=1, maximum=3600)  # one wait, seconds
+OKTA_RATE_LIMIT_BUDGET = env_int("CLUSTERRA_OKTA_RATE_LIMIT_BUDGET", 300, minimum=1, maximum=7200)  # all waits of a run
+OKTA_RUN_STALE = env_int("CLUSTERRA_OKTA_RUN_STALE", 3600, minimum=60, maximum=86400)  # a "running" run older is abandoned
+OKTA_HOOK_THREADS = env_int("CLUSTERRA_OKTA_HOOK_THREADS", 4, minimum=0, maximum=64)  # 0: in the request's own thread
+OKTA_HOOK_ANSWER_WITHIN = env_int("CLUSTERRA_OKTA_HOOK_ANSWER_WITHIN_MS", 2500, minimum=0, maximum=60_000) / 1000
+OKTA_HOOK_MAX_BODY = env_int("CLUSTERRA_OKTA_HOOK_MAX_BODY", 1024 * 1024, minimum=1024, maximum=16 * 1024 * 1024)

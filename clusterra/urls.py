@@ -17,6 +17,7 @@ urlpatterns = [
     path("t/<slug:tenant_slug>/c/<slug:cluster_slug>/jobs/", include("jobs.urls")),
     path("t/<slug:tenant_slug>/sessions/", include("terminal.admin_urls")),
     path("t/<slug:tenant_slug>/admin/", include("accounts.console.urls")),  # the tenant admin console
+    path("hooks/okta/", include("okta.urls")),  # Okta event hooks (okta/hooks.py)
     path("scim/v2/", include("scim.urls")),  # SCIM 2.0 for Okta, Entra ID (scim/views.py; token auth, no CSRF)
     path("admin/", admin.site.urls),
     path("v1/", api.urls),

@@ -12,6 +12,7 @@ from accounts.tenancy import administered_tenant_or_404
 
 SECTIONS = [("people", "People", "console:people"), ("clusters", "Clusters", "console:clusters"),
             ("access", "Access rules", "console:access_rules"), ("identity", "Identity provider", "console:identity"),
+            ("okta", "Okta", "console:okta"),
             ("provisioning", "Provisioning", "console:provisioning"),
             ("preview", "Mapping preview", "console:preview"), ("activity", "Activity", "console:activity"),
             ("sessions", "Live sessions", "terminal_admin:live")]

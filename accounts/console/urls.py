@@ -3,6 +3,7 @@
 from django.urls import path
 
 from accounts.console import configuration, people, review
+from okta import console as okta
 from scim import console as scim_console
 
 app_name = "console"
@@ -29,6 +30,11 @@ urlpatterns = [
     path("identity/provider/", configuration.identity_provider_save, name="identity_provider_save"),
     path("identity/policy/", configuration.tenant_policy_save, name="tenant_policy_save"),
     path("identity/test/", configuration.identity_provider_test, name="identity_provider_test"),
+    path("okta/", okta.okta, name="okta"),
+    path("okta/save/", okta.okta_save, name="okta_save"),
+    path("okta/hook-secret/", okta.okta_hook_secret, name="okta_hook_secret"),
+    path("okta/run/", okta.okta_run, name="okta_run"),
+    path("okta/runs/<int:run_id>/", okta.okta_run_detail, name="okta_run_detail"),
     path("provisioning/", scim_console.provisioning, name="provisioning"),
     path("provisioning/tokens/<int:token_id>/revoke/", scim_console.revoke_token, name="scim_token_revoke"),
     path("preview/", review.preview, name="preview"),
