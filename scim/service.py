@@ -78,6 +78,16 @@ def _validated(model, body, context):
         raise validation_error(exc) from None
 
 
+def _replacement(model, body, original):
+    """A PUT body as the resource that replaces `original`: read-only attributes kept, immutable ones checked."""
+    replacement = _validated(model, body, Context.RESOURCE_REPLACEMENT_REQUEST)
+    try:
+        replacement.replace(original)
+    except PydanticValidationError as exc:
+        raise validation_error(exc) from None
+    return replacement
+
+
 def _patched(resource, body):
     try:
         patch = PatchOp[type(resource)].model_validate(body, scim_ctx=Context.RESOURCE_PATCH_REQUEST, scim_policy=POLICY)
@@ -191,11 +201,7 @@ def create_user(*, tenant, body: dict, actor: ScimActor) -> ScimUser:
 
 
 def replace_user(person: ScimUser, *, body: dict, actor: ScimActor, base_url: str) -> ScimUser:
-    model = _validated(UserResource, body, Context.RESOURCE_REPLACEMENT_REQUEST)
-    try:
-        model.replace(user_resource(person, base_url))  # read-only attributes kept, immutable ones checked
-    except PydanticValidationError as exc:
-        raise validation_error(exc) from None
+    model = _replacement(UserResource, body, user_resource(person, base_url))
     return _save_user(person, model, actor=actor, action="scim.user.replace")
 
 
@@ -265,11 +271,7 @@ def create_group(*, tenant, body: dict, actor: ScimActor) -> ScimGroup:
 
 
 def replace_group(group: ScimGroup, *, body: dict, actor: ScimActor, base_url: str) -> ScimGroup:
-    model = _validated(GroupResource, body, Context.RESOURCE_REPLACEMENT_REQUEST)
-    try:
-        model.replace(group_resource(group, base_url))
-    except PydanticValidationError as exc:
-        raise validation_error(exc) from None
+    model = _replacement(GroupResource, body, group_resource(group, base_url))
     return _apply_group(group, model, actor=actor, action="scim.group.replace")
 
 

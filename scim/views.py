@@ -183,17 +183,18 @@ def users(request, token):
     return _method_not_allowed(request, "GET, POST")
 
 
-def _person_or_404(token, scim_id) -> ScimUser:
-    person = ScimUser.objects.select_related("tenant", "user").filter(tenant=token.tenant, scim_id=scim_id).first() \
+def _row_or_404(model, token, scim_id: str, what: str):
+    """The tenant's user or group with this SCIM id; another tenant's, or none, is a SCIM 404."""
+    row = model.objects.select_related("tenant").filter(tenant=token.tenant, scim_id=scim_id).first() \
         if _is_uuid(scim_id) else None
-    if person is None:
-        raise NotFoundException(detail=f"No user {scim_id} in this tenant.")
-    return person
+    if row is None:
+        raise NotFoundException(detail=f"No {what} {scim_id} in this tenant.")
+    return row
 
 
 @scim_view
 def user(request, token, scim_id):
-    person = _person_or_404(token, scim_id)
+    person = _row_or_404(ScimUser, token, scim_id, "user")
     actor, base = request.scim_actor, request.scim_base
     if request.method == "GET":
         return scim_response(_dump(service.user_resource(person, base), Context.RESOURCE_QUERY_RESPONSE, _response_parameters(request)))
@@ -233,17 +234,9 @@ def groups(request, token):
     return _method_not_allowed(request, "GET, POST")
 
 
-def _group_or_404(token, scim_id) -> ScimGroup:
-    group = ScimGroup.objects.select_related("tenant").filter(tenant=token.tenant, scim_id=scim_id).first() \
-        if _is_uuid(scim_id) else None
-    if group is None:
-        raise NotFoundException(detail=f"No group {scim_id} in this tenant.")
-    return group
-
-
 @scim_view
 def group(request, token, scim_id):
-    group = _group_or_404(token, scim_id)
+    group = _row_or_404(ScimGroup, token, scim_id, "group")
     actor, base = request.scim_actor, request.scim_base
     if request.method == "GET":
         resource = service.group_resource(group, base, members=_wants_members(request))

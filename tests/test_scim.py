@@ -507,3 +507,31 @@ def test_console_provisioning_section_and_manage_py(acme, client, capsys):
     assert printed.startswith("cst_") and ScimToken.objects.filter(tenant=acme.acme, name="cli").exists()
     call_command("scim_token", acme.acme.slug, "--list")
     assert "cli" in capsys.readouterr().out
+
+
+def test_put_replaces_and_names_stay_unique_in_the_tenant(bare):
+    scim = bare.scim
+    one = scim("POST", "/Users", {"schemas": [USER_SCHEMA], "userName": "one@sci.test"}).json["id"]
+    two = scim("POST", "/Users", {"schemas": [USER_SCHEMA], "userName": "two@sci.test"}).json["id"]
+    group = scim("POST", "/Groups", {"schemas": [GROUP_SCHEMA], "displayName": "sci-users", "members": [{"value": one}]}).json
+    other = scim("POST", "/Groups", {"schemas": [GROUP_SCHEMA], "displayName": "other"}).json
+    _error(scim("POST", "/Groups", {"schemas": [GROUP_SCHEMA], "displayName": "SCI-USERS"}), 409, "uniqueness")
+    replaced = scim("PUT", f"/Groups/{group['id']}", {"schemas": [GROUP_SCHEMA], "displayName": "sci-users",
+                                                      "externalId": "g-1", "members": [{"value": two}]})
+    assert replaced.status == 200 and replaced.json["members"] == [{"value": two, "display": "two@sci.test"}]
+    assert replaced.json["externalId"] == "g-1" and replaced.json["id"] == group["id"]
+    assert Membership.objects.get(tenant=bare.tenant, user__email="two@sci.test").status == "active"
+    assert Membership.objects.get(tenant=bare.tenant, user__email="one@sci.test").status == "offboarded"
+    _error(scim("PATCH", f"/Groups/{other['id']}", {"schemas": [PATCH_OP], "Operations": [
+        {"op": "replace", "path": "displayName", "value": "Sci-Users"}]}), 409, "uniqueness")
+    _error(scim("PATCH", f"/Users/{two}", {"schemas": [PATCH_OP], "Operations": [
+        {"op": "replace", "path": "userName", "value": "ONE@sci.test"}]}), 409, "uniqueness")
+    renamed = scim("PATCH", f"/Users/{two}", {"schemas": [PATCH_OP], "Operations": [
+        {"op": "replace", "path": "userName", "value": "deux@sci.test"}]})
+    assert renamed.status == 200 and renamed.json["userName"] == "deux@sci.test"
+    assert scim("GET", f"/Groups/{group['id']}").json["members"] == [{"value": two, "display": "deux@sci.test"}]
+    with_attributes = scim("PATCH", f"/Groups/{group['id']}", {"schemas": [PATCH_OP], "Operations": [
+        {"op": "replace", "path": "externalId", "value": "g-2"}]}, params={"attributes": "externalId"})
+    assert with_attributes.status == 200 and with_attributes.json["externalId"] == "g-2"
+    assert scim("DELETE", f"/Groups/{group['id']}").status == 204
+    assert Membership.objects.get(tenant=bare.tenant, user__email="two@sci.test").status == "offboarded"
