@@ -500,8 +500,15 @@ def test_console_provisioning_section_and_manage_py(acme, client, capsys):
     client.post(f"/t/{acme.acme.slug}/admin/provisioning/tokens/{token.pk}/revoke/")
     assert ScimToken.objects.get(pk=token.pk).revoked_at is not None
     _error(Scim(text, client=client)("GET", "/Users", token=text), 401)
-    client.force_login(acme.bob)  # a member: 404 like every console page
-    assert client.get(url).status_code == 404
+    live = ScimToken.objects.filter(tenant=acme.acme, revoked_at__isnull=True).get()
+    revoke = f"/t/{acme.acme.slug}/admin/provisioning/tokens/{live.pk}/revoke/"
+    for someone in (acme.bob, acme.charlie):  # a member, another tenant's admin: 404 like every console page
+        client.force_login(someone)
+        assert client.get(url).status_code == 404
+        assert client.post(url, {"name": "sneaky"}).status_code == 404
+        assert client.post(revoke).status_code == 404
+    assert not ScimToken.objects.filter(name="sneaky").exists()
+    assert ScimToken.objects.get(pk=live.pk).revoked_at is None
     call_command("scim_token", acme.acme.slug, "--name", "cli")
     printed = capsys.readouterr().out.strip()
     assert printed.startswith("cst_") and ScimToken.objects.filter(tenant=acme.acme, name="cli").exists()
