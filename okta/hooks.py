@@ -18,14 +18,15 @@
 The periodic reconciliation (okta/reconcile.py) is the safety net for deliveries that never arrive.
 """
 
+import asyncio
 import datetime
 import json
 import logging
 import secrets
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from concurrent.futures import TimeoutError as FutureTimeout
 
+from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.core.cache import cache
 from django.db import IntegrityError, close_old_connections, connection, transaction
@@ -51,6 +52,7 @@ MAX_EVENTS = 100  # per delivery (Okta batches up to 50)
 
 _pool: ThreadPoolExecutor | None = None
 _pool_lock = threading.Lock()
+_running: set = set()
 
 
 def _executor() -> ThreadPoolExecutor:
@@ -77,31 +79,55 @@ def _unauthorized(request, okta: OktaConnection | None, tenant_slug: str) -> Jso
 
 @csrf_exempt
 @require_http_methods(["GET", "POST"])
-def event_hook(request, tenant_slug: str):
+async def event_hook(request, tenant_slug: str):
+    """Async, so the work can outlive the answer: it runs in a thread of asgiref's (whose channel-layer sends go
+    through this process's own event loop and Redis connections, as a view's do) while the answer waits for it
+    at most OKTA_HOOK_ANSWER_WITHIN seconds."""
+    response, tenant_id, new, counts = await sync_to_async(_accept)(request, tenant_slug)
+    if response is not None:
+        return response
+    finished = True
+    if new and settings.OKTA_HOOK_THREADS == 0:
+        await sync_to_async(process_events)(tenant_id, new)  # in the request's own thread (the tests' database)
+    elif new:
+        task = asyncio.ensure_future(sync_to_async(_in_thread, thread_sensitive=False, executor=_executor())(tenant_id, new))
+        _running.add(task)  # a strong reference until it is done, also after the answer
+        task.add_done_callback(_running.discard)
+        try:
+            await asyncio.wait_for(asyncio.shield(task), settings.OKTA_HOOK_ANSWER_WITHIN)
+        except TimeoutError:
+            finished = False
+    return JsonResponse({**counts, "new": len(new), "finished": finished})
+
+
+def _accept(request, tenant_slug: str) -> tuple[JsonResponse | None, int | None, list, dict]:
+    """Authenticate, answer the verification, parse and record a delivery: (an answer to give now, or None and the
+    tenant's id, the new events to act on and the counts)."""
     okta = OktaConnection.objects.filter(tenant__slug=tenant_slug).select_related("tenant").first()
     presented = request.headers.get("Authorization")
     if okta is None:
         hash_secret(presented or "")  # the same work as a known tenant: the answer's timing says nothing
-        return _unauthorized(request, None, tenant_slug)
+        return _unauthorized(request, None, tenant_slug), None, [], {}
     if not okta.hook_secret_matches(presented):
-        return _unauthorized(request, okta, tenant_slug)
+        return _unauthorized(request, okta, tenant_slug), None, [], {}
     tenant = okta.tenant
     if request.method == "GET":
         challenge = request.headers.get("X-Okta-Verification-Challenge")
         if not challenge:
-            return JsonResponse({"error": "GET is only Okta's verification: X-Okta-Verification-Challenge is missing"}, status=400)
+            return JsonResponse({"error": "GET is only Okta's verification: X-Okta-Verification-Challenge is missing"},
+                                status=400), None, [], {}
         record_event("okta.hook.verify", tenant=tenant, client_address=client_address(request))
-        return JsonResponse({"verification": challenge})
+        return JsonResponse({"verification": challenge}), None, [], {}
     body = request.read(settings.OKTA_HOOK_MAX_BODY + 1)
     if len(body) > settings.OKTA_HOOK_MAX_BODY:
-        return JsonResponse({"error": f"the body is larger than {settings.OKTA_HOOK_MAX_BODY} bytes"}, status=413)
+        return JsonResponse({"error": f"the body is larger than {settings.OKTA_HOOK_MAX_BODY} bytes"}, status=413), None, [], {}
     try:
         payload = json.loads(body)
         events = payload["data"]["events"]
         if not isinstance(events, list):
             raise TypeError
     except (ValueError, KeyError, TypeError):
-        return JsonResponse({"error": "not an Okta event hook delivery (data.events)"}, status=400)
+        return JsonResponse({"error": "not an Okta event hook delivery (data.events)"}, status=400), None, [], {}
     new, duplicates = [], 0
     for event in events[:MAX_EVENTS]:
         row = _record(tenant, event)
@@ -109,10 +135,7 @@ def event_hook(request, tenant_slug: str):
             duplicates += 1
         elif row.status == HookEvent.Status.RECEIVED:
             new.append((row.pk, event))
-    finished = True
-    if new:
-        finished = _dispatch(tenant.pk, new)
-    return JsonResponse({"received": len(events[:MAX_EVENTS]), "new": len(new), "duplicates": duplicates, "finished": finished})
+    return None, tenant.pk, new, {"received": len(events[:MAX_EVENTS]), "duplicates": duplicates}
 
 
 def _record(tenant, event) -> HookEvent | None:
@@ -158,23 +181,12 @@ def _targets(event: dict) -> tuple[dict | None, dict | None]:
     return user, group
 
 
-def _dispatch(tenant_id: int, items: list) -> bool:
-    """Process now; True if done before the answer's deadline (OKTA_HOOK_THREADS=0: inline, always done)."""
-    if settings.OKTA_HOOK_THREADS == 0:
-        process_events(tenant_id, items)
-        return True
-    future = _executor().submit(_in_thread, tenant_id, items)
-    try:
-        future.result(timeout=settings.OKTA_HOOK_ANSWER_WITHIN)
-    except FutureTimeout:
-        return False
-    return True
-
-
 def _in_thread(tenant_id: int, items: list) -> None:
     close_old_connections()
     try:
         process_events(tenant_id, items)
+    except Exception:  # after the answer nobody else would see it
+        logger.exception("okta event hook work for tenant %s failed", tenant_id)
     finally:
         connection.close()  # a pool thread's own connection: never left open between deliveries
 
