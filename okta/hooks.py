@@ -11,7 +11,8 @@
   - `user.lifecycle.suspend` → the same as a suspension (source idp; nothing on the head nodes);
   - `group.user_membership.remove` of a group an access rule names → sync_groups with the person's last
     known groups minus that one: clusters only that group gave are revoked, no group left offboards.
-  Everything else is recorded as ignored. People whose status an administrator decided are left alone.
+  Everything else is recorded as ignored. An administrator's offboarding stands; a person an administrator
+  suspended is offboarded by a deactivation, and it stays the administrator's decision (only they reinstate).
 - The work runs at once, in a small thread pool of the portal process that received it, and the answer
   waits for it up to OKTA_HOOK_ANSWER_WITHIN seconds (then 200 anyway, the work goes on): terminals end
   within a second of delivery, and a slow head node never makes Okta time out and deliver again.
@@ -238,13 +239,12 @@ def handle_event(tenant, event: dict) -> tuple[str, str]:
     membership = Membership.objects.filter(tenant=tenant, user=user).first()
     if membership is None:
         return HookEvent.Status.IGNORED, f"{user.email} is not a member of the tenant."
-    admin_decided = membership.status != Membership.Status.ACTIVE and membership.status_source == Membership.Source.ADMIN
-    if event_type in (DEACTIVATE, SUSPEND) and admin_decided:
-        return HookEvent.Status.IGNORED, f"{user.email} was {membership.status} by an administrator; that stands."
     if event_type == DEACTIVATE:
         if membership.status == Membership.Status.OFFBOARDED:
             return HookEvent.Status.IGNORED, f"{user.email} is already offboarded."
-        report = lifecycle.offboard_person(tenant=tenant, user=user, actor=None, source=Membership.Source.IDP,
+        # An administrator's suspension stays theirs to undo (source admin), but the deactivation offboards all the same.
+        source = membership.status_source if membership.status == Membership.Status.SUSPENDED else Membership.Source.IDP
+        report = lifecycle.offboard_person(tenant=tenant, user=user, actor=None, source=source,
                                            reason=f"Deactivated in Okta (event hook {uuid}).")
         return HookEvent.Status.DONE, f"Offboarded {user.email}: {_offboard_summary(report)}."
     if event_type == SUSPEND:

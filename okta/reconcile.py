@@ -12,8 +12,9 @@
    - suspend: suspended in Okta (Okta sends nothing over SCIM for that) and active here;
    - remove: active, given access by the IdP (status set by the IdP, or a mapped group last seen), and in
      none of the groups any more, or deactivated in Okta.
-   People whose status an administrator decided (offboarded or suspended by hand) are left alone, and so
-   are people an administrator added whom no group names: only what the groups say is applied.
+   People whose status an administrator decided (offboarded or suspended by hand) are left alone — except that
+   a deactivation in Okta offboards a person an administrator suspended (still the administrator's decision) —
+   and so are people an administrator added whom no group names: only what the groups say is applied.
 3. Apply, unless it is a dry run: removals first, then the rest, each through `sync_groups` (or
    `offboard_person` for a suspension), so a change does here exactly what a sign-in or SCIM would do.
    One person's failure is recorded and the others go on. A run that would offboard or suspend more than
@@ -129,11 +130,14 @@ def plan_changes(tenant, people: dict[str, OktaPerson], mapped: set[str]) -> Pla
     for okta_id, person in people.items():
         user = users.get(okta_id)
         membership = memberships.get(user.pk) if user is not None else None
-        if person.status == DEPROVISIONED:
-            continue  # deactivated in Okta: as if in no group (a removal below)
+        known = set(membership.idp_groups or []) & mapped if membership is not None else set()
+        if person.status == DEPROVISIONED:  # deactivated in Okta: as if in no group (a removal below, if active)
+            if membership is not None and membership.status == Membership.Status.SUSPENDED and \
+                    membership.status_source == Membership.Source.ADMIN:  # offboarded, still the admin's decision
+                changes.append(_change("remove", person, user, known, set(), "deactivated in Okta (suspended by an administrator)"))
+            continue
         if user is not None:
             present.add(user.pk)
-        known = set(membership.idp_groups or []) & mapped if membership is not None else set()
         if person.status == SUSPENDED:
             if membership is not None and membership.status == Membership.Status.ACTIVE:
                 changes.append(_change("suspend", person, user, known, person.groups, "suspended in Okta"))
@@ -173,6 +177,10 @@ def _apply(tenant, plan: Plan, change: dict) -> None:
         user = ensure_user(email=person.email, full_name=person.name)
         change["user_id"] = user.pk
     membership = Membership.objects.filter(tenant=tenant, user=user).first()
+    if change["action"] == "remove" and membership is not None and membership.status == Membership.Status.SUSPENDED:
+        lifecycle.offboard_person(tenant=tenant, user=user, actor=None, source=membership.status_source,
+                                  reason="Deactivated in Okta (reconciliation).")
+        return
     kept = set(membership.idp_groups or []) - plan.mapped if membership is not None else set()  # groups no rule names
     groups = set(change["groups_after"]) | kept
     lifecycle.sync_groups(tenant=tenant, user=user, groups=sorted(groups), source=SOURCE)

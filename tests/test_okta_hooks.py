@@ -143,13 +143,17 @@ def test_what_the_hook_leaves_alone(lab):
     admin = ensure_user(email="admin@lab.test")
     lifecycle.sync_groups(tenant=lab.tenant, user=admin, groups=["hpc-users"], source="test")
     lifecycle.suspend_person(tenant=lab.tenant, user=admin, actor=None, reason="by an admin")
-    body = delivery(event("user.lifecycle.deactivate", "admin@lab.test"),  # an admin's suspension stands
+    body = delivery(event("user.lifecycle.suspend", "admin@lab.test"),  # already suspended, by an admin
                     event("user.lifecycle.deactivate", "nobody@lab.test"),  # no such person
                     event("user.session.start", "ben@lab.test"),  # not an event the portal acts on
                     {"eventType": "user.lifecycle.deactivate"})  # no uuid
-    assert lab.post(body).json()["new"] == 2  # the two deactivations are looked at; the others are recorded as ignored
+    assert lab.post(body).json()["new"] == 2  # the suspension and the deactivation are looked at; the others are ignored
     assert state(lab.tenant, "admin@lab.test") == ("suspended", "admin") and state(lab.tenant, "ben@lab.test") == ("active", "idp")
     assert set(HookEvent.objects.values_list("status", flat=True)) == {"ignored"}
+    # A deactivation offboards the person an admin suspended, and it stays the admin's decision (only they reinstate).
+    lab.post(delivery(event("user.lifecycle.deactivate", "admin@lab.test")))
+    assert state(lab.tenant, "admin@lab.test") == ("offboarded", "admin")
+    assert set(ClusterAccount.objects.filter(user__email="admin@lab.test").values_list("state", flat=True)) == {"revoked"}
     assert lab.post("not json").status_code == 400
     assert lab.post(json.dumps({"data": {"events": "x"}})).status_code == 400
     assert lab.post(json.dumps({"data": {"pad": "x" * (1024 * 1024)}})).status_code == 413

@@ -213,8 +213,14 @@ def test_suspended_and_deactivated_okta_users_and_an_admins_decision(lab):
     lab.people["ann"]["status"] = "SUSPENDED"
     lab.people["ben"]["status"] = "DEPROVISIONED"
     lifecycle.offboard_person(tenant=lab.tenant, user=User.objects.get(email="cat@lab.test"), actor=None, reason="by hand")
+    lifecycle.suspend_person(tenant=lab.tenant, user=User.objects.get(email="dan@lab.test"), actor=None, reason="by hand")
+    lab.people["dan"]["status"] = "DEPROVISIONED"
     run = run_reconciliation(lab.connection)
-    assert {(c["action"], c["email"]) for c in run.changes} == {("suspend", "ann@lab.test"), ("remove", "ben@lab.test")}
+    assert {(c["action"], c["email"]) for c in run.changes} == {("suspend", "ann@lab.test"), ("remove", "ben@lab.test"),
+                                                                ("remove", "dan@lab.test")}
+    # dan, suspended by an admin and deactivated in Okta, is offboarded: still the admin's decision to undo.
+    assert status_of(lab.tenant, "dan@lab.test")[0] == "offboarded"
+    assert Membership.objects.get(tenant=lab.tenant, user__email="dan@lab.test").status_source == "admin"
     ann = Membership.objects.get(tenant=lab.tenant, user__email="ann@lab.test")
     assert (ann.status, ann.status_source) == ("suspended", "idp")
     assert status_of(lab.tenant, "ben@lab.test")[0] == "offboarded"
