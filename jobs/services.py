@@ -17,6 +17,7 @@ from clusters.executors import ExecutorError, executor_for
 from clusters.models import Cluster, ClusterAccount
 from jobs import slurm
 from jobs.models import Job, Partition, QueueSummary
+from jobs.queries import ACTIVE_STATES
 
 logger = logging.getLogger(__name__)
 
@@ -184,8 +185,8 @@ def finish_from_accounting(cluster: Cluster, jobs: list[Job]) -> None:
         final = {a.job_id: a for a in slurm.parse_sacct(result.stdout)}
         for job in owned:
             record = final.get(job.job_id)
-            if record is None:
-                continue
+            if record is None or record.state in ACTIVE_STATES:
+                continue  # accounting lags behind the controller: keep the queue's last word until it catches up
             Job.objects.filter(pk=job.pk).update(
                 state=record.state, start_time=record.start_time or job.start_time, end_time=record.end_time,
                 exit_code=record.exit_code, node_list=record.node_list[:1024] or job.node_list,

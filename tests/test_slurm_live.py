@@ -47,9 +47,16 @@ def test_submitted_job_reaches_the_cache_and_completes(slurm_cast):
     assert job.state == "FAILED" and job.in_queue
     output = Path(c.posix.pw_dir) / f"slurm-{job_id}.out"
     assert output.read_text() == f"hello from {c.posix.pw_name}\n"
-    # What sacct says once a job has left the queue: final state and exit code.
-    finish_from_accounting(c.hpc, [Job.objects.select_related("owner").get(pk=job.pk)])
-    job.refresh_from_db()
+    # What sacct says once a job has left the queue: final state and exit code (slurmdbd may lag behind the
+    # controller for a moment, and a not-yet-final answer is not written: ask until it is final).
+    deadline = time.monotonic() + 30
+    while True:
+        finish_from_accounting(c.hpc, [Job.objects.select_related("owner").get(pk=job.pk)])
+        job.refresh_from_db()
+        if job.exit_code is not None or time.monotonic() > deadline:
+            break
+        assert job.state == "FAILED", f"a lagging accounting answer overwrote the final state: {job.state}"
+        time.sleep(0.3)
     assert job.state == "FAILED" and job.exit_code == 3 and job.end_time is not None
 
 
