@@ -1,4 +1,4 @@
-"""What the offboarding benches share (bench/offboard.py, bench/okta_hook.py): their options, this process on the
+"""What the offboarding benches share (bench/offboard.py, bench/okta_hook.py, bench/scim_offboard.py): their options, this process on the
 instance scripts/prod-local.sh runs, a signed-in session cookie, a terminal that acknowledges output like the
 browser and records when it ended, and percentiles.
 
