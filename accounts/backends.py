@@ -14,5 +14,8 @@ def password_sign_in_allowed(user) -> bool:
 
 
 class PasswordBackend(ModelBackend):
-    def user_can_authenticate(self, user):
-        return super().user_can_authenticate(user) and password_sign_in_allowed(user)
+    def authenticate(self, request, username=None, password=None, **kwargs):
+        # Checked when a password is presented, not in user_can_authenticate: that one also runs for every
+        # request of a signed-in session (get_user), where the query would cost every page and socket.
+        user = super().authenticate(request, username=username, password=password, **kwargs)
+        return user if user is not None and password_sign_in_allowed(user) else None

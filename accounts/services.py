@@ -5,6 +5,7 @@ import hmac
 import secrets
 from datetime import timedelta
 
+from django.db.models import Exists, OuterRef
 from django.utils import timezone
 
 from accounts.models import AccessRule, ApiToken, Membership, Tenant, User
@@ -84,10 +85,12 @@ def authenticate_api_token(text: str):
     parts = text.split("_", 2)
     if len(parts) != 3 or parts[0] != "ctk":
         return None
-    token = ApiToken.objects.select_related("user", "tenant").filter(prefix=parts[1]).first()
+    member = Membership.objects.filter(user=OuterRef("user"), tenant=OuterRef("tenant"), status=Membership.Status.ACTIVE)
+    token = ApiToken.objects.select_related("user", "tenant").filter(prefix=parts[1]) \
+        .annotate(member=Exists(member)).first()  # one query per API request, the membership included
     if token is None or not hmac.compare_digest(token.secret_hash, hashlib.sha256(parts[2].encode()).hexdigest()):
         return None
-    if not token.is_usable or not active_memberships(token.user).filter(tenant=token.tenant).exists():
+    if not token.is_usable or not token.member:
         return None
     now = timezone.now()
     if token.last_used_at is None or (now - token.last_used_at).total_seconds() > 60:
