@@ -13,6 +13,21 @@ from accounts.tenancy import active_memberships
 from audit.services import record_event
 
 
+def record_password_sign_in(*, email: str, user, client_address: str | None, reason: str = "") -> None:
+    """Audit a password sign-in: `reason` empty for a success, else why it was refused (never the password).
+
+    The event goes to each tenant the person is an active member of (their admins see it there), or to
+    the system chain for an email that matches no tenant member.
+    """
+    action = "auth.sign_in.refused" if reason else "auth.sign_in"
+    data = {"method": "password", "email": email, **({"reason": reason} if reason else {})}
+    tenants = [m.tenant for m in active_memberships(user).select_related("tenant")] if user is not None else []
+    for tenant in tenants or [None]:
+        record_event(action, tenant=tenant, actor=user, target=user, client_address=client_address, data=data)
+    if user is not None and not reason:
+        User.objects.filter(pk=user.pk).update(last_sign_in_at=timezone.now())
+
+
 def set_terminal_renderer(user, renderer: str) -> None:
     if user.terminal_renderer == renderer:
         return

@@ -1,7 +1,15 @@
-"""Append-only audit events."""
+"""Append-only, tamper-evident audit events (docs/audit.md).
+
+Each tenant's events form a hash chain, as do the events without a tenant ("system"): every event
+carries its chain's sequence number, the hash of the previous event and its own hash over its content.
+Events are inserted unsealed (sequence NULL) inside the caller's transaction and sealed right after it
+commits (audit/chain.py), so writers never hold a chain-wide lock during their own transaction.
+"""
 
 from django.conf import settings
 from django.db import models
+from django.db.models import Q
+from django.utils import timezone
 
 
 class AuditEvent(models.Model):
@@ -15,11 +23,22 @@ class AuditEvent(models.Model):
     target_id = models.CharField(max_length=64, blank=True)
     data = models.JSONField(default=dict, blank=True)
     client_address = models.GenericIPAddressField(null=True, blank=True)
-    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+    # Set in Python (not auto_now_add) so that the hash covers the exact value stored.
+    created_at = models.DateTimeField(default=timezone.now, db_index=True)
+    # The chain (audit/chain.py): NULL/"" until sealed, moments after the writing transaction commits.
+    sequence = models.BigIntegerField(null=True, blank=True, help_text="Position in its tenant's chain, from 1.")
+    prev_hash = models.CharField(max_length=64, blank=True, help_text="SHA-256 of the previous event in the chain.")
+    hash = models.CharField(max_length=64, blank=True, help_text="SHA-256 over this event's content and prev_hash.")
 
     class Meta:
         ordering = ["-created_at", "-id"]
         indexes = [models.Index(fields=["tenant", "-created_at"])]
+        constraints = [
+            models.UniqueConstraint(fields=["tenant", "sequence"], condition=Q(tenant__isnull=False),
+                                    name="audit_event_tenant_sequence"),
+            models.UniqueConstraint(fields=["sequence"], condition=Q(tenant__isnull=True),
+                                    name="audit_event_system_sequence"),
+        ]
 
     def __str__(self):
         return f"{self.created_at:%Y-%m-%d %H:%M:%S} {self.actor_label} {self.action} {self.target_type}:{self.target_id}"
@@ -31,3 +50,15 @@ class AuditEvent(models.Model):
 
     def delete(self, *args, **kwargs):
         raise RuntimeError("Audit events are append-only")
+
+
+class AuditChainHead(models.Model):
+    """The last sealed event of one chain. Its row lock serializes sealing; it also shows a deleted tail."""
+
+    key = models.CharField(max_length=32, primary_key=True, help_text="'tenant-<id>' or 'system'.")
+    sequence = models.BigIntegerField(default=0)
+    hash = models.CharField(max_length=64)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    def __str__(self):
+        return f"{self.key} #{self.sequence}"

@@ -348,6 +348,7 @@ TERMINAL_WORKER_LEASE_SECONDS = env_int("CLUSTERRA_TERMINAL_WORKER_LEASE_SECONDS
 # Onboarding/offboarding work on head nodes that failed and is due again (accounts/lifecycle.py).
 CELERY_BEAT_SCHEDULE["retry-head-node-work"] = {"task": "accounts.tasks.retry_head_node_work", "schedule": 10}
 CELERY_BEAT_SCHEDULE["reap-lost-portal-processes"] = {"task": "terminal.tasks.reap_lost_portal_processes", "schedule": 5}
+CELERY_BEAT_SCHEDULE["seal-audit-events"] = {"task": "audit.tasks.seal_pending_events", "schedule": 10}
 # Recent output kept per session and replayed on reattach (at most the high watermark).
 TERMINAL_SCROLLBACK_BYTES = env_int("CLUSTERRA_TERMINAL_SCROLLBACK_BYTES", 256 * 1024, minimum=0, maximum=16 * 1024 * 1024)
 # PATH given to the user's login shell (their profile may extend it).

@@ -104,11 +104,12 @@ def attach_backend_session(session: TerminalSession, backend_session_id: str) ->
     session.backend_session_id = backend_session_id
 
 
-def record_reattach(session: TerminalSession, *, client_address: str | None) -> None:
-    """A browser took over a live session (after a dropped connection, a reload or from another window)."""
+def record_reattach(session: TerminalSession, *, client_address: str | None, took_over: bool = False) -> None:
+    """A browser attached to a live session: after a dropped connection or a reload (reattach), or while
+    another browser still had it, which is then disconnected (takeover)."""
     record_event(
-        "terminal.session.reattach", tenant=session.cluster.tenant, actor=session.user, target=session,
-        client_address=client_address, data={"cluster": session.cluster.slug},
+        "terminal.session.takeover" if took_over else "terminal.session.reattach", tenant=session.cluster.tenant,
+        actor=session.user, target=session, client_address=client_address, data={"cluster": session.cluster.slug},
     )
 
 

@@ -153,9 +153,11 @@ class LiveSession:
         if self._grace_task is not None:
             self._grace_task.cancel()
             self._grace_task = None
-        if previous is not None and previous is not consumer:
+        took_over = previous is not None and previous is not consumer
+        if took_over:
             await previous.taken_over()
-        await database_sync_to_async(actions.record_reattach)(self.session, client_address=client_address)
+        await database_sync_to_async(actions.record_reattach)(self.session, client_address=client_address,
+                                                             took_over=took_over)
         # No await from here on: the snapshot and the switch to `consumer` happen at the same point.
         scrollback = bytes(self._scrollback)
         self.attached = consumer

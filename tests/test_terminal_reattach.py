@@ -94,6 +94,9 @@ async def test_second_window_takes_the_session_over(cast):
     await second.send_input(b"echo only-here\n")
     await second.wait_for_output(b"only-here\r\n")
     assert b"only-here" not in first.output
+    actions = await sync_to_async(lambda: list(
+        AuditEvent.objects.filter(target_id=connected["session_id"]).order_by("id").values_list("action", flat=True)))()
+    assert actions == ["terminal.session.start", "terminal.session.takeover"]
 
 
 @pytest.mark.parametrize("who", ["alice", "charlie"])
