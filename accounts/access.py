@@ -27,7 +27,7 @@ RESERVED_POSIX_NAMES = frozenset("""
     _apt systemd-network systemd-resolve systemd-timesync systemd-coredump messagebus sshd syslog uuidd tss
     polkitd avahi dnsmasq ntp chrony postfix dovecot rpc rpcuser nfsnobody nscd sssd ldap
     slurm munge mysql mariadb postgres redis nginx apache httpd docker podman admin administrator
-    operator ec2-user ssm-user ubuntu debian centos rocky clusterra clusterra-poll clusterra-provisioner
+    operator ec2-user ssm-user ubuntu debian centos rocky clusterra clusterra-poll clusterra-provisioner clusterra-auditor
 """.split())
 
 _POSIX_NAME = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")

@@ -3,7 +3,7 @@
 from django.contrib.auth.base_user import AbstractBaseUser, BaseUserManager
 from django.contrib.auth.models import PermissionsMixin
 from django.core.exceptions import ValidationError
-from django.core.validators import MinValueValidator, RegexValidator
+from django.core.validators import MaxValueValidator, MinValueValidator, RegexValidator
 from django.db import models
 from django.utils import timezone
 from django.utils.crypto import salted_hmac
@@ -72,6 +72,9 @@ class Tenant(models.Model):
     uid_range_end = models.PositiveIntegerField(default=59999, help_text="Last uid the portal allocates.")
     offboard_kill_processes = models.BooleanField(default=True, help_text="Offboarding ends the person's processes on the head nodes.")
     offboard_cancel_jobs = models.BooleanField(default=False, help_text="Offboarding cancels the person's Slurm jobs.")
+    recording_retention_days = models.PositiveIntegerField(
+        default=365, validators=[MaxValueValidator(36500)],
+        help_text="Session recordings and logs are deleted this many days after the session ended (0: kept forever).")
 
     def __str__(self):
         return self.name

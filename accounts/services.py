@@ -140,7 +140,8 @@ def delete_access_rule(rule: AccessRule, *, actor) -> None:
 
 
 IDENTITY_PROVIDER_SETTINGS = ("name", "issuer", "client_id", "scopes", "groups_claim", "posix_name_claim", "email_domains", "enabled")
-TENANT_POLICY_SETTINGS = ("local_signin_enabled", "uid_range_start", "uid_range_end", "offboard_kill_processes", "offboard_cancel_jobs")
+TENANT_POLICY_SETTINGS = ("local_signin_enabled", "uid_range_start", "uid_range_end", "offboard_kill_processes", "offboard_cancel_jobs",
+                          "recording_retention_days")
 
 
 def _changes(before, after, names) -> dict:
@@ -174,7 +175,8 @@ def save_identity_provider(provider, *, actor, client_secret: str = ""):
 
 
 def save_tenant_policy(tenant, *, actor, **settings) -> dict:
-    """Change the tenant's identity policy (local sign-in, uid range, what offboarding does). Returns the changes."""
+    """Change the tenant's policy (local sign-in, uid range, what offboarding does, how long recordings are kept).
+    Returns the changes."""
     unknown = set(settings) - set(TENANT_POLICY_SETTINGS)
     if unknown:
         raise ValueError(f"Not a policy setting: {', '.join(sorted(unknown))}")

@@ -62,3 +62,54 @@ class AuditChainHead(models.Model):
 
     def __str__(self):
         return f"{self.key} #{self.sequence}"
+
+
+class TranscriptSource(models.Model):
+    """One indexed log of a terminal session (audit/indexing.py): its chunks' ids are `key` + 0..2**22-1.
+
+    The key orders the logs by their session's start (newest first: audit/indexing.py); it is kept when the
+    log is indexed again, so that its chunks keep their place.
+    """
+
+    session = models.ForeignKey("terminal.TerminalSession", on_delete=models.CASCADE, related_name="+")
+    log_kind = models.CharField(max_length=16)
+    key = models.BigIntegerField(unique=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["session", "log_kind"], name="audit_transcript_source_once")]
+
+    def __str__(self):
+        return f"{self.log_kind} of {self.session_id}"
+
+
+class TranscriptChunk(models.Model):
+    """Consecutive lines of what a session showed, as audit/transcript.py read them, for the search.
+
+    Up to a few dozen lines a row (per-row costs would dominate with one line a row): their text joined
+    with newlines, and for each line its time (`offsets`) and kind (`kinds`). What the search filters on is
+    copied from the session. A full-text index covers `text`: SQLite FTS5 (trigram) kept by triggers, or
+    PostgreSQL pg_trgm (audit/migrations). Derived data: deleted with its session, and by retention with
+    its recording (indexing.delete_session_index).
+    """
+
+    id = models.BigIntegerField(primary_key=True, help_text="Its source's key + its place: see indexing.chunk_id.")
+    session = models.ForeignKey("terminal.TerminalSession", on_delete=models.CASCADE, related_name="+")
+    log_kind = models.CharField(max_length=16)
+    tenant_id = models.BigIntegerField()
+    user_id = models.BigIntegerField()
+    cluster_id = models.BigIntegerField()
+    session_started_at = models.DateTimeField()
+    end_reason = models.CharField(max_length=32, blank=True)
+    text = models.TextField()
+    offsets = models.BinaryField(help_text="Each line's time: milliseconds from the start, uint32 little-endian; "
+                                           "empty for a log without timing.")
+    kinds = models.TextField(help_text="Each line's kind: o (output) or c (command).")
+
+    class Meta:
+        indexes = [
+            models.Index(fields=["tenant_id", "id"], name="audit_chunk_tenant"),
+            models.Index(fields=["tenant_id", "user_id", "id"], name="audit_chunk_tenant_user"),
+        ]
+
+    def __str__(self):
+        return f"{self.log_kind} of {self.session_id}, chunk {self.id}"

@@ -53,6 +53,17 @@ TERMINAL_WEBSOCKET_REFUSALS = Counter(
     "clusterra_terminal_websocket_refusals", "Terminal WebSockets refused or closed at connect, by close code.", ["code"],
 )
 
+# --- recordings and session logs (terminal/recordings.py) ---------------------------------------
+SESSION_LOGS = Counter(
+    "clusterra_session_logs",
+    "Session logs moved on, by kind (asciicast, ssm_s3) and outcome: stored, store_failed, fetched, fetch_failed, late, "
+    "missing, rejected, expired.", ["kind", "outcome"],
+)
+SESSION_LOGS_WAITING = Gauge(
+    "clusterra_session_logs_waiting", "Session logs not in the recording store yet, by state (spooled, awaited, late), "
+    "as the last sweep counted them.", ["state"], multiprocess_mode="mostrecent",
+)
+
 # --- jobs poller (jobs/tasks.py) ------------------------------------------------------------------
 JOBS_POLL_DURATION = Histogram(
     "clusterra_jobs_poll_duration_seconds", "Duration of one poll of a cluster (squeue, cache update, partitions).",

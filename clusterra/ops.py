@@ -7,9 +7,11 @@ SECURE_SSL_REDIRECT, sessions, CSRF and sign-in, and costs the other requests on
 - /healthz: the process is up and its event loop turns. No dependency is checked, so a database blip
   does not make an orchestrator restart every process.
 - /readyz: the database (SELECT 1), the channel layer (a PING to each Redis host; the in-memory layer
-  is always ready) and the recording store (a file can be created in RECORDINGS_DIR), run concurrently,
-  each within READY_CHECK_TIMEOUT. 200 {"status":"ok"} or 503 {"status":"unavailable","failed":[names]};
-  the cause is logged here, never sent.
+  is always ready) and the recordings (a file can be created in the spool, and in RECORDINGS_DIR with the
+  filesystem store), run concurrently, each within READY_CHECK_TIMEOUT. 200 {"status":"ok"} or 503
+  {"status":"unavailable","failed":[names]}; the cause is logged here, never sent. A remote recording
+  store (S3) that does not answer only adds "degraded":["recording_store"] to the answer: recordings wait
+  in the spool meanwhile, and taking every process out of service would help nobody.
 - /metrics: Prometheus text (clusterra/metrics.py), for a bearer token (CLUSTERRA_METRICS_TOKEN) or a
   direct client in CLUSTERRA_METRICS_ALLOWED_NETWORKS.
 """
@@ -20,7 +22,6 @@ import ipaddress
 import json
 import logging
 import os
-import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -33,7 +34,8 @@ logger = logging.getLogger(__name__)
 READY_CHECK_TIMEOUT = 2.0
 # Blocking checks run in pools of their own, not in Django's shared sync thread: a hung database or NFS
 # mount then delays only its own check (which times out), never the portal's requests or the other checks.
-_check_pools = {name: ThreadPoolExecutor(max_workers=2, thread_name_prefix=f"readyz-{name}") for name in ("database", "recordings")}
+_check_pools = {name: ThreadPoolExecutor(max_workers=2, thread_name_prefix=f"readyz-{name}")
+                for name in ("database", "recordings", "recording_store")}
 _last_logged: dict[str, float] = {}
 _FAILURE_LOG_INTERVAL = 60.0
 
@@ -63,9 +65,21 @@ def _check_database() -> None:
 
 
 def _check_recordings() -> None:
-    fd, name = tempfile.mkstemp(prefix=".readyz-", dir=settings.RECORDINGS_DIR)
-    os.close(fd)
-    os.unlink(name)
+    """The spool every terminal records into, and a local store (a remote one is _check_recording_store)."""
+    from terminal import recordings
+
+    recordings.check_spool()
+    store = recordings.get_store()
+    if store.critical:
+        store.healthcheck()
+
+
+def _check_recording_store() -> None:
+    from terminal import recordings
+
+    store = recordings.get_store()
+    if not store.critical:
+        store.healthcheck()
 
 
 async def _check_channel_layer() -> None:
@@ -105,6 +119,10 @@ CHECKS = {
     "channel_layer": _check_channel_layer,
     "recordings": lambda: _in_pool("recordings", _check_recordings),
 }
+# Checked like CHECKS, but a failure is reported as "degraded" and leaves the process ready.
+DEGRADING_CHECKS = {
+    "recording_store": lambda: _in_pool("recording_store", _check_recording_store),
+}
 
 
 async def _run_check(name: str, check) -> bool:
@@ -124,16 +142,25 @@ async def _run_check(name: str, check) -> bool:
 
 async def readiness() -> list[str]:
     """The names of the failed checks (empty: ready)."""
-    names = list(CHECKS)
-    results = await asyncio.gather(*(_run_check(name, CHECKS[name]) for name in names))
-    return [name for name, ok in zip(names, results, strict=True) if not ok]
+    failed, _ = await _readiness()
+    return failed
+
+
+async def _readiness() -> tuple[list[str], list[str]]:
+    """The names of the failed checks and of the failed degrading checks."""
+    checks = {**CHECKS, **DEGRADING_CHECKS}
+    names = list(checks)
+    results = await asyncio.gather(*(_run_check(name, checks[name]) for name in names))
+    down = [name for name, ok in zip(names, results, strict=True) if not ok]
+    return [name for name in down if name in CHECKS], [name for name in down if name in DEGRADING_CHECKS]
 
 
 async def _readyz() -> HttpResponse:
-    failed = await readiness()
+    failed, degraded = await _readiness()
+    extra = {"degraded": degraded} if degraded else {}
     if failed:
-        return _json(503, {"status": "unavailable", "failed": failed})
-    return _json(200, {"status": "ok"})
+        return _json(503, {"status": "unavailable", "failed": failed, **extra})
+    return _json(200, {"status": "ok", **extra})
 
 
 # --- /metrics access -----------------------------------------------------------------------------

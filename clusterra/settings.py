@@ -249,6 +249,7 @@ STATICFILES_DIRS = [
     ("vendor/addon-search", _XTERM / "addon-search" / "lib"),
     ("vendor/addon-webgl", _XTERM / "addon-webgl" / "lib"),
     ("vendor/htmx", BASE_DIR / "node_modules" / "htmx.org" / "dist"),
+    ("vendor/asciinema-player", BASE_DIR / "node_modules" / "asciinema-player" / "dist" / "bundle"),  # session playback
 ]
 # Serve straight from the finders, so the embedded default needs no collectstatic step
 # (`manage.py collectstatic` into STATIC_ROOT still works for a proxy that serves files itself).
@@ -329,6 +330,40 @@ try:
     private_dir(RECORDINGS_DIR)
 except OSError:
     pass  # `manage.py check` names the problem (terminal.E002)
+# --- Recording storage and SSM session logs (terminal/recordings.py, docs/audit.md) ---
+# The recorder writes into this spool (local persistent disk, 0700); at session end each file is handed to the
+# store and kept here until it is there (a store outage loses nothing; Celery retries with backoff).
+RECORDINGS_SPOOL_DIR = env_path("CLUSTERRA_RECORDINGS_SPOOL_DIR", DATA_DIR / "spool")
+try:
+    private_dir(RECORDINGS_SPOOL_DIR)
+except OSError:
+    pass  # `manage.py check` names the problem (terminal.E006)
+RECORDINGS_STORE = env_match("CLUSTERRA_RECORDINGS_STORE", "filesystem", r"filesystem|s3", "filesystem or s3")
+RECORDINGS_S3_BUCKET = env_str("CLUSTERRA_RECORDINGS_S3_BUCKET", "")
+RECORDINGS_S3_PREFIX = env_match("CLUSTERRA_RECORDINGS_S3_PREFIX", "recordings/", r"([\w!\-.*'()=+@]+/)*",
+                                 "empty or an S3 key prefix ending in / (letters, digits and !-_.*'()=+@)")
+RECORDINGS_S3_REGION = env_str("CLUSTERRA_RECORDINGS_S3_REGION", "")  # empty: the default chain's (AWS_REGION)
+RECORDINGS_S3_ENDPOINT_URL = env_str("CLUSTERRA_RECORDINGS_S3_ENDPOINT_URL", "")  # S3-compatible stores, VPC endpoints
+RECORDINGS_S3_SSE = env_match("CLUSTERRA_RECORDINGS_S3_SSE", "AES256", r"AES256|aws:kms|none", "AES256, aws:kms or none")
+RECORDINGS_S3_KMS_KEY_ID = env_str("CLUSTERRA_RECORDINGS_S3_KMS_KEY_ID", "")
+if RECORDINGS_STORE == "s3" and not RECORDINGS_S3_BUCKET:
+    raise ImproperlyConfigured("CLUSTERRA_RECORDINGS_STORE=s3 needs CLUSTERRA_RECORDINGS_S3_BUCKET")
+if {".", ".."} & set(RECORDINGS_S3_PREFIX.split("/")):
+    raise ImproperlyConfigured(f"CLUSTERRA_RECORDINGS_S3_PREFIX must not have . or .. parts, got {RECORDINGS_S3_PREFIX!r}")
+if RECORDINGS_S3_KMS_KEY_ID and RECORDINGS_S3_SSE != "aws:kms":
+    raise ImproperlyConfigured("CLUSTERRA_RECORDINGS_S3_KMS_KEY_ID needs CLUSTERRA_RECORDINGS_S3_SSE=aws:kms")
+if RECORDINGS_S3_ENDPOINT_URL and urlsplit(RECORDINGS_S3_ENDPOINT_URL).scheme not in ("http", "https"):
+    raise ImproperlyConfigured(f"CLUSTERRA_RECORDINGS_S3_ENDPOINT_URL must be an http(s) URL, got {RECORDINGS_S3_ENDPOINT_URL!r}")
+# A log larger than this is not fetched from a cluster's bucket, and only this much of a recording is indexed.
+RECORDINGS_MAX_BYTES = env_int("CLUSTERRA_RECORDINGS_MAX_BYTES", 1024**3, minimum=1024**2)
+# An SSM session's S3 log not there this long after the session ended is flagged late, then missing.
+SSM_LOG_LATE_SECONDS = env_int("CLUSTERRA_SSM_LOG_LATE_SECONDS", 900, minimum=60)
+SSM_LOG_MISSING_SECONDS = env_int("CLUSTERRA_SSM_LOG_MISSING_SECONDS", 86400, minimum=SSM_LOG_LATE_SECONDS + 60)
+CELERY_BEAT_SCHEDULE["sweep-session-logs"] = {
+    "task": "terminal.tasks.sweep_session_logs",
+    "schedule": env_int("CLUSTERRA_RECORDINGS_SWEEP_SECONDS", 30, minimum=5, maximum=600),
+}
+CELERY_BEAT_SCHEDULE["expire-recordings"] = {"task": "terminal.tasks.expire_recordings", "schedule": 3600}
 TERMINAL_MIN_UID = env_int("CLUSTERRA_TERMINAL_MIN_UID", 1000, minimum=1)
 TERMINAL_HIGH_WATERMARK = env_int("CLUSTERRA_TERMINAL_HIGH_WATERMARK", 512 * 1024, minimum=64 * 1024)
 TERMINAL_LOW_WATERMARK = env_int("CLUSTERRA_TERMINAL_LOW_WATERMARK", 128 * 1024, minimum=1)

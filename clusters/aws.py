@@ -535,10 +535,15 @@ def poller_subject(cluster: Cluster) -> str:
     return f"cluster-{cluster.pk}-poller"
 
 
+def _service_client(cluster: Cluster, service: str, *, subject: str, run_as: str):
+    """A client for the portal's own work on a cluster (no person): always a portal-issued token."""
+    return _client(ssm_settings(cluster), service, subject=subject, email="", run_as=run_as, id_token=None,
+                   token_source="portal")  # noqa: S106 (a token source name)
+
+
 def poller_client(cluster: Cluster, posix_username: str, service: str):
-    """A client for the job poller (no person): always a portal-issued token, subject cluster-<id>-poller."""
-    return _client(ssm_settings(cluster), service, subject=poller_subject(cluster), email="", run_as=posix_username,
-                   id_token=None, token_source="portal")  # noqa: S106 (a token source name)
+    """A client for the job poller: subject cluster-<id>-poller."""
+    return _service_client(cluster, service, subject=poller_subject(cluster), run_as=posix_username)
 
 
 # Provisioning (clusters/provisioning.py) creates, locks and unlocks POSIX accounts with SendCommand,
@@ -553,6 +558,25 @@ def provisioner_subject(cluster: Cluster) -> str:
 
 
 def provisioner_client(cluster: Cluster, service: str):
-    """A client for account provisioning: always a portal-issued token, subject cluster-<id>-provisioner."""
-    return _client(ssm_settings(cluster), service, subject=provisioner_subject(cluster), email="",
-                   run_as=PROVISIONER_RUN_AS, id_token=None, token_source="portal")  # noqa: S106 (a token source name)
+    """A client for account provisioning: subject cluster-<id>-provisioner."""
+    return _service_client(cluster, service, subject=provisioner_subject(cluster), run_as=PROVISIONER_RUN_AS)
+
+
+# Session logs (terminal/recordings.py) are read from the cluster's S3 bucket (s3_bucket/s3_prefix, where the SSM
+# agent writes them) with a subject of their own, like provisioning: no person behind it, and a Run As user that
+# must not exist on the head node, so these credentials cannot open a shell there.
+AUDITOR_RUN_AS = "clusterra-auditor"
+
+
+def auditor_subject(cluster: Cluster) -> str:
+    return f"cluster-{cluster.pk}-auditor"
+
+
+def auditor_client(cluster: Cluster, service: str):
+    """A client for fetching session logs: subject cluster-<id>-auditor."""
+    return _service_client(cluster, service, subject=auditor_subject(cluster), run_as=AUDITOR_RUN_AS)
+
+
+def client_config(**extra) -> Config:
+    """The timeouts and retries of every AWS client of the portal (CLUSTERRA_AWS_*), for clients made elsewhere."""
+    return _config(**extra)

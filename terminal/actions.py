@@ -19,6 +19,7 @@ from accounts.models import Tenant
 from audit.services import record_event
 from clusters import aws
 from clusters.models import Cluster, ClusterAccount, CredentialRevocation
+from terminal import recordings
 from terminal.models import TerminalSession
 
 logger = logging.getLogger(__name__)
@@ -92,6 +93,7 @@ def open_terminal_session(*, user, tenant_slug: str, cluster_slug: str, working_
     now = timezone.now()
     session.recording_path = f"{cluster.tenant.slug}/{now:%Y}/{now:%m}/{session.id}.cast"
     session.save()
+    recordings.start_recording(session)
     record_event(
         "terminal.session.start", tenant=cluster.tenant, actor=user, target=session, client_address=client_address,
         data={"cluster": cluster.slug, "posix_user": account.posix_username, "working_directory": cwd or ""},
@@ -125,6 +127,7 @@ def finish_terminal_session(session: TerminalSession, *, reason: str, message: s
             "terminal.session.end", tenant=session.cluster.tenant, actor=session.user, target=session,
             data={"reason": reason, "message": message, "exit_code": exit_code, "bytes_in": bytes_in, "bytes_out": bytes_out},
         )
+        recordings.session_ended(session)  # to the recording store; an SSM session's S3 log is awaited
     return bool(updated)
 
 

@@ -13,14 +13,9 @@ def terminal_checks(app_configs, **kwargs):
     xterm = settings.BASE_DIR / "node_modules" / "@xterm" / "xterm" / "lib" / "xterm.mjs"
     if not xterm.exists():
         problems.append(Error("xterm.js is not installed.", hint="Run `npm ci` in the project directory (make demo does).", id="terminal.E001"))
-    recordings = settings.RECORDINGS_DIR
-    try:
-        recordings.mkdir(parents=True, exist_ok=True, mode=0o700)
-    except OSError as exc:
-        problems.append(Error(f"CLUSTERRA_RECORDINGS_DIR={recordings} cannot be created: {exc.strerror}", id="terminal.E002"))
-    else:
-        if not os.access(recordings, os.W_OK | os.X_OK):
-            problems.append(Error(f"CLUSTERRA_RECORDINGS_DIR={recordings} is not writable.", id="terminal.E003"))
+    if settings.RECORDINGS_STORE == "filesystem":
+        problems += _writable_dir("CLUSTERRA_RECORDINGS_DIR", settings.RECORDINGS_DIR, "terminal.E002", "terminal.E003")
+    problems += _writable_dir("CLUSTERRA_RECORDINGS_SPOOL_DIR", settings.RECORDINGS_SPOOL_DIR, "terminal.E006", "terminal.E007")
     if shutil.which("setsid") is None:
         problems.append(Error("`setsid` (util-linux) is needed by the local terminal backend.", id="terminal.E004"))
     if os.geteuid() == 0 and shutil.which("runuser") is None:
@@ -30,3 +25,13 @@ def terminal_checks(app_configs, **kwargs):
             "Not running as root and `sudo` is missing: local terminals only work for the portal's own POSIX user.",
             id="terminal.W001"))
     return problems
+
+
+def _writable_dir(name: str, path, missing_id: str, unwritable_id: str) -> list:
+    try:
+        path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    except OSError as exc:
+        return [Error(f"{name}={path} cannot be created: {exc.strerror}", id=missing_id)]
+    if not os.access(path, os.W_OK | os.X_OK):
+        return [Error(f"{name}={path} is not writable.", id=unwritable_id)]
+    return []

@@ -94,11 +94,15 @@ class LiveSession:
         self.attached = consumer
         self.registry[self.key] = self  # from here on end() takes it out again, also after a failed start
         await self.backend.start(request)
-        await database_sync_to_async(actions.attach_backend_session)(self.session, self.backend.session_id)
+        # The recorder starts before the next await, with what the shell printed while it started (the
+        # motd, the first prompt): output that arrives during an await would otherwise miss the recording.
         self.recorder = AsciicastRecorder(
             self.session.recording_path, cols=request.cols, rows=request.rows, shell=self.backend.shell,
             title=f"{self.session.posix_username}@{self.cluster.slug}",
         )
+        if self._scrollback:
+            self.recorder.output(bytes(self._scrollback))
+        await database_sync_to_async(actions.attach_backend_session)(self.session, self.backend.session_id)
         loop = asyncio.get_running_loop()
         self.started = self.last_input = loop.time()
         self._counted_live = True

@@ -83,3 +83,67 @@ class TerminalSession(models.Model):
     @property
     def is_live(self) -> bool:
         return self.ended_at is None
+
+
+class SessionLog(models.Model):
+    """One log of a terminal session and where it is: the portal's own recording, or the SSM agent's S3 log.
+
+    The recorder writes into a local spool (CLUSTERRA_RECORDINGS_SPOOL_DIR); when the session ends the
+    spooled file is handed to the recording store (filesystem or S3) by a Celery task, retried with backoff
+    while the store is down (terminal/recordings.py). An SSM session's log is fetched from the cluster's
+    bucket once the agent has written it. Each log is also indexed for search (audit/indexing.py).
+    """
+
+    class Kind(models.TextChoices):
+        ASCIICAST = "asciicast", "Portal recording (asciicast)"
+        SSM_S3 = "ssm_s3", "SSM agent log (S3)"
+
+    class State(models.TextChoices):
+        RECORDING = "recording", "Being recorded"
+        SPOOLED = "spooled", "In the local spool, not stored yet"
+        STORED = "stored", "Stored"
+        AWAITED = "awaited", "Awaited from the cluster's bucket"
+        LATE = "late", "Late: not in the cluster's bucket yet"
+        MISSING = "missing", "Missing"
+        REJECTED = "rejected", "Not fetched: over the size limit"
+        EXPIRED = "expired", "Deleted after the retention period"
+
+    class IndexState(models.TextChoices):
+        PENDING = "pending", "Not indexed yet"
+        INDEXED = "indexed", "Indexed"
+        PARTIAL = "partial", "Indexed as far as it could be read"
+        FAILED = "failed", "Indexing failed"
+        SKIPPED = "skipped", "Nothing to index"
+
+    session = models.ForeignKey(TerminalSession, on_delete=models.CASCADE, related_name="logs")
+    kind = models.CharField(max_length=16, choices=Kind.choices)
+    path = models.CharField(max_length=500, help_text="Relative to the recording store (and to the spool).")
+    source = models.CharField(max_length=1100, blank=True, help_text="Where an SSM log comes from: s3://bucket/key.")
+    state = models.CharField(max_length=16, choices=State.choices)
+    size = models.BigIntegerField(null=True, blank=True)
+    attempts = models.PositiveIntegerField(default=0, help_text="Failed tries to store (or fetch) it.")
+    last_error = models.CharField(max_length=500, blank=True)
+    retry_at = models.DateTimeField(null=True, blank=True, help_text="When storing (or fetching) it is due (again).")
+    claimed_until = models.DateTimeField(null=True, blank=True, help_text="A worker is at it until then.")
+    stored_at = models.DateTimeField(null=True, blank=True)
+    index_state = models.CharField(max_length=16, choices=IndexState.choices, default=IndexState.PENDING)
+    index_note = models.CharField(max_length=500, blank=True)
+    index_attempts = models.PositiveIntegerField(default=0)
+    index_retry_at = models.DateTimeField(null=True, blank=True)
+    indexed_at = models.DateTimeField(null=True, blank=True)
+    indexed_lines = models.PositiveIntegerField(default=0)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    objects = scoped_queryset("session__cluster__tenant").as_manager()
+
+    class Meta:
+        ordering = ["session", "kind"]
+        constraints = [models.UniqueConstraint(fields=["session", "kind"], name="one_log_per_session_and_kind")]
+        indexes = [
+            models.Index(fields=["state", "retry_at"], name="session_log_due"),
+            models.Index(fields=["index_state", "index_retry_at"], name="session_log_index_due"),
+        ]
+
+    def __str__(self):
+        return f"{self.kind} of {self.session_id}: {self.state}"

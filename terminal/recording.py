@@ -2,14 +2,15 @@
 
 import codecs
 import time
-from pathlib import Path
 
 import orjson  # JSON-encoding every output byte on the event loop: the stdlib's encoder cost ~20% of throughput
-from django.conf import settings
+
+from terminal.recordings import create_spool_file
 
 
 class AsciicastRecorder:
-    """Writes one session's output to `<recordings dir>/<relative_path>`.
+    """Writes one session's output to `<spool dir>/<relative_path>` (terminal/recordings.py hands it to the store
+    when the session ends).
 
     Called from the event loop for every chunk the shell printed, so it only appends to the file; the page
     cache absorbs it. Unbuffered: what was written survives the portal process dying (SIGKILL, OOM) — one
@@ -18,9 +19,7 @@ class AsciicastRecorder:
 
     def __init__(self, relative_path: str, *, cols: int, rows: int, title: str, shell: str):
         self.relative_path = relative_path
-        path = Path(settings.RECORDINGS_DIR) / relative_path
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        self._file = open(path, "xb", buffering=0)  # noqa: SIM115 (closed in close())
+        self._file = create_spool_file(relative_path)  # closed in close()
         self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         self._started = time.monotonic()
         header = {

@@ -57,6 +57,7 @@ def posix_user() -> pwd.struct_passwd:
 @pytest.fixture(autouse=True)
 def _recordings_in_tmp(settings, tmp_path):
     settings.RECORDINGS_DIR = tmp_path / "recordings"
+    settings.RECORDINGS_SPOOL_DIR = tmp_path / "spool"
 
 
 @pytest.fixture(autouse=True)
@@ -189,6 +190,7 @@ def run_daphne(tmp_path, settings, extra_env: dict[str, str] | None = None, laun
         "CLUSTERRA_DATABASE_URL": _database_url(),
         "CLUSTERRA_DATA_DIR": str(tmp_path / "data"),
         "CLUSTERRA_RECORDINGS_DIR": str(settings.RECORDINGS_DIR),
+        "CLUSTERRA_RECORDINGS_SPOOL_DIR": str(settings.RECORDINGS_SPOOL_DIR),
         "CLUSTERRA_SECRET_KEY": settings.SECRET_KEY,
         "CLUSTERRA_ISSUER_URL": url,
         "CLUSTERRA_CACHE_KEY_PREFIX": settings.CACHES["default"].get("KEY_PREFIX", ""),

@@ -70,7 +70,7 @@ def test_oidc_provider_and_trust_policy(cluster, cast):
     assert portal["Condition"]["StringEquals"] == {"portal.example.test:aud": "sts.amazonaws.com"}
     assert portal["Condition"]["StringLike"] == {
         "portal.example.test:sub": [f"tenant-{cast.acme.pk}-user-*", f"cluster-{cluster.pk}-poller",
-                                                  f"cluster-{cluster.pk}-provisioner"]}
+                                                  f"cluster-{cluster.pk}-provisioner", f"cluster-{cluster.pk}-auditor"]}
     assert out["warnings"] == [] and err == ""
 
 
@@ -166,14 +166,15 @@ def test_account_id_override_and_warnings(cluster, settings):
     assert len(out["warnings"]) >= 3
 
 
-def test_idp_token_source_leaves_placeholders_and_keeps_the_poller_and_the_provisioner(cluster):
+def test_idp_token_source_leaves_placeholders_and_keeps_the_poller_the_provisioner_and_the_auditor(cluster):
     configure_polling(cluster, posix_username="slurmpoll", uid=5050)
     cluster.backend_settings = {**cluster.backend_settings, "token_source": "idp"}
     cluster.save()
     out, err = bootstrap("--cluster", "acme/aws")
     portal, idp = out["role"]["AssumeRolePolicyDocument"]["Statement"]
     assert portal["Condition"]["StringLike"] == {"portal.example.test:sub": [f"cluster-{cluster.pk}-poller",
-                                                                            f"cluster-{cluster.pk}-provisioner"]}
+                                                                            f"cluster-{cluster.pk}-provisioner",
+                                                                            f"cluster-{cluster.pk}-auditor"]}
     assert "<IDP_ISSUER_HOST_AND_PATH>" in idp["Principal"]["Federated"] and "sts:TagSession" in idp["Action"]
     assert "placeholders" in err
 
@@ -202,6 +203,7 @@ def test_other_tenants_cluster_is_addressed_by_its_own_tenant(cast):
     out, _ = bootstrap("--cluster", "other/aws")
     [portal] = out["role"]["AssumeRolePolicyDocument"]["Statement"]
     cluster = Cluster.objects.get(tenant=cast.other, slug="aws")
+    # No bucket, no session logs to fetch: no auditor subject.
     assert portal["Condition"]["StringLike"]["portal.example.test:sub"] == [f"tenant-{cast.other.pk}-user-*",
                                                                           f"cluster-{cluster.pk}-provisioner"]
 

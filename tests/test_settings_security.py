@@ -47,7 +47,7 @@ json.dump({"journal": journal, "modes": modes}, sys.stdout)
 @pytest.mark.slow  # migrate in a subprocess
 def test_the_embedded_default_keeps_its_data_private(tmp_path):
     """Under the usual umask 022: data directory (and the parents it creates) 0700, database, its WAL
-    files and the generated secret key 0600, recordings 0700."""
+    files and the generated secret key 0600, recordings and their spool 0700."""
     import json
 
     data = tmp_path / "missing-parent" / "data"
@@ -61,7 +61,7 @@ def test_the_embedded_default_keeps_its_data_private(tmp_path):
     assert modes["clusterra.sqlite3"] == "0o600"
     assert modes["clusterra.sqlite3-wal"] == "0o600" and modes["clusterra.sqlite3-shm"] == "0o600"
     assert modes["secret_key"] == "0o600"
-    assert modes["recordings"] == "0o700"
+    assert modes["recordings"] == "0o700" and modes["spool"] == "0o700"
     assert len((data / "secret_key").read_text().strip()) >= 50
 
     # A second start keeps the key, and a database URL elsewhere gets the same treatment.

@@ -18,6 +18,7 @@ from terminal.actions import revoke_terminal_sessions
 from terminal.backends.local_pty import session_pids
 from terminal.consumers import TerminalConsumer
 from terminal.models import TerminalSession
+from terminal.recordings import open_recording
 from tests.terminal_client import TerminalClient, settle_sessions, terminal_path
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
@@ -349,7 +350,8 @@ async def test_session_is_recorded_as_asciicast_v2(cast):
     await client.send_input(b"exit\n")
     await client.wait_closed()
     session = await last_session(cast.bob)
-    lines = (settings.RECORDINGS_DIR / session.recording_path).read_text().splitlines()
+    with await sync_to_async(open_recording)(session) as recording:  # from the spool until the store has it
+        lines = recording.read().decode().splitlines()
     header = json.loads(lines[0])
     assert header["version"] == 2 and header["width"] == 90 and header["height"] == 20 and header["timestamp"] > 0
     events = [json.loads(line) for line in lines[1:]]

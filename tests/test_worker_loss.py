@@ -24,6 +24,7 @@ from terminal.actions import open_terminal_session, revoke_terminal_sessions, us
 from terminal.backends.local_pty import session_pids
 from terminal.models import PortalProcess, TerminalSession
 from terminal.processes import close_stale_sessions, reap_lost_processes
+from terminal.recordings import open_recording
 from tests.conftest import _free_port, run_daphne, stop_process, wait_for
 from tests.multiprocess import LEASE, two_daphnes
 from tests.terminal_client import WsTerminal, signed_in_cookie, ws_terminal
@@ -162,8 +163,9 @@ def test_sigkill_of_a_daphne_ends_its_sessions_and_shells_and_spares_the_other(c
                 assert own == [], f"processes of the lost sessions survived: {own}"
                 # Recordings were written as the output went out: what was printed before the kill is there.
                 for i, row in enumerate(sorted(rows, key=lambda r: [t.session_id for t in doomed].index(str(r.pk)))):
-                    cast_file = settings.RECORDINGS_DIR / row.recording_path
-                    assert f"recorded-{i}" in cast_file.read_text(), f"recording of session {i} lost its output"
+                    with await asyncio.to_thread(open_recording, row) as recording:  # spooled until the store has it
+                        text = recording.read().decode()
+                    assert f"recorded-{i}" in text, f"recording of session {i} lost its output"
                 # The other process and its session were not touched, and it still opens new ones.
                 assert (await asyncio.to_thread(_row, survivor.session_id)).ended_at is None
                 await survivor.run(b"echo survivor-''after", b"survivor-after\r\n")

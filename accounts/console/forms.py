@@ -337,13 +337,20 @@ class IdentityProviderForm(forms.ModelForm):
 class TenantPolicyForm(forms.ModelForm):
     class Meta:
         model = Tenant
-        fields = ["local_signin_enabled", "uid_range_start", "uid_range_end", "offboard_kill_processes", "offboard_cancel_jobs"]
+        fields = ["local_signin_enabled", "uid_range_start", "uid_range_end", "offboard_kill_processes", "offboard_cancel_jobs",
+                  "recording_retention_days"]
         labels = {"local_signin_enabled": "Local password sign-in", "uid_range_start": "First uid", "uid_range_end": "Last uid",
-                  "offboard_kill_processes": "Offboarding ends processes", "offboard_cancel_jobs": "Offboarding cancels jobs"}
+                  "offboard_kill_processes": "Offboarding ends processes", "offboard_cancel_jobs": "Offboarding cancels jobs",
+                  "recording_retention_days": "Keep session recordings (days)"}
 
     def __init__(self, *args, has_sso: bool, **kwargs):
         super().__init__(*args, **kwargs)
         self.has_sso = has_sso
+        self.fields["recording_retention_days"].required = False  # left empty: unchanged
+
+    def clean_recording_retention_days(self):
+        days = self.cleaned_data["recording_retention_days"]
+        return self.instance.recording_retention_days if days is None else days
 
     def clean_uid_range_start(self):
         start = self.cleaned_data["uid_range_start"]
@@ -381,13 +388,3 @@ class PreviewForm(forms.Form):
         if not self.errors and (cleaned.get("person") is None) == (cleaned.get("claims") is None):
             raise ValidationError("Pick a person or paste claims (one of the two).")
         return cleaned
-
-
-# --- activity ---------------------------------------------------------------------------------------
-
-
-class ActivityFilterForm(forms.Form):
-    action = forms.CharField(required=False, label="Action starts with", widget=forms.TextInput(attrs={"placeholder": "person."}))
-    actor = forms.CharField(required=False, label="Actor email contains")
-    since = forms.DateField(required=False, label="From", widget=forms.DateInput(attrs={"type": "date"}))
-    until = forms.DateField(required=False, label="To", widget=forms.DateInput(attrs={"type": "date"}))

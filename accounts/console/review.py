@@ -1,16 +1,11 @@
-"""Looking, not changing: the mapping preview (what a sign-in would give) and the tenant's activity."""
-
-from django.core.paginator import Paginator
+"""Looking, not changing: the mapping preview (what a sign-in would give). The Activity page is audit/views.py."""
 
 from accounts import oidc
 from accounts.access import AccessError, evaluate_access, groups_from_claims, next_free_uid
 from accounts.console.common import console_view, page, posted
-from accounts.console.forms import ActivityFilterForm, PreviewForm
+from accounts.console.forms import PreviewForm
 from accounts.models import Membership, User
-from audit.models import AuditEvent
 from clusters.models import ClusterAccount
-
-ACTIVITY_PAGE_SIZE = 50
 
 
 @console_view
@@ -80,23 +75,3 @@ def _outcome(tenant, decision, user, membership) -> str:
                 .exclude(cluster_id__in=wanted).exclude(state=ClusterAccount.State.REVOKED).select_related("cluster")]
     outcome = f"signed in as {decision.role}"
     return outcome + (f"; loses {', '.join(lost)}" if lost else "")
-
-
-@console_view
-def activity(request, tenant):
-    form = ActivityFilterForm(request.GET or None)
-    events = AuditEvent.objects.filter(tenant=tenant).order_by("-created_at", "-id")
-    if form.is_valid():
-        data = form.cleaned_data
-        if data["action"].strip():
-            events = events.filter(action__startswith=data["action"].strip())
-        if data["actor"].strip():
-            events = events.filter(actor_label__icontains=data["actor"].strip())
-        if data["since"]:
-            events = events.filter(created_at__date__gte=data["since"])
-        if data["until"]:
-            events = events.filter(created_at__date__lte=data["until"])
-    listing = Paginator(events, ACTIVITY_PAGE_SIZE).get_page(request.GET.get("page"))
-    query = request.GET.copy()
-    query.pop("page", None)
-    return page(request, tenant, "activity", "activity.html", {"form": form, "listing": listing, "query": query.urlencode()})

@@ -3,6 +3,7 @@
 from django.urls import path
 
 from accounts.console import configuration, people, review
+from audit import views as audit_views
 from okta import console as okta
 from scim import console as scim_console
 
@@ -38,5 +39,9 @@ urlpatterns = [
     path("provisioning/", scim_console.provisioning, name="provisioning"),
     path("provisioning/tokens/<int:token_id>/revoke/", scim_console.revoke_token, name="scim_token_revoke"),
     path("preview/", review.preview, name="preview"),
-    path("activity/", review.activity, name="activity"),
+    # Activity: search in every session of the tenant; its events, and their export (audit/views.py).
+    path("activity/", audit_views.activity, name="activity"),
+    path("activity/events/", audit_views.activity_events, name="activity_events"),
+    path("activity/events/export.jsonl", audit_views.export_events, {"export_format": "jsonl"}, name="activity_export_jsonl"),
+    path("activity/events/export.csv", audit_views.export_events, {"export_format": "csv"}, name="activity_export_csv"),
 ]

@@ -23,7 +23,9 @@ def _nav_targets(request) -> dict:
         admin_of = [m.tenant for m in memberships if m.role == Membership.Role.ADMIN]
         first = next((m for m in memberships if m.first_cluster), None)
         cached = {"admin_of": admin_of,
-                  "jobs_url": reverse("jobs:list", args=[first.tenant.slug, first.first_cluster]) if first else reverse("home")}
+                  "jobs_url": reverse("jobs:list", args=[first.tenant.slug, first.first_cluster]) if first else reverse("home"),
+                  # their own terminal sessions (search, playback) in their first tenant
+                  "sessions_url": reverse("audit:sessions", args=[memberships[0].tenant.slug]) if memberships else None}
         request._clusterra_nav = cached
     return cached
 
@@ -35,6 +37,8 @@ def main_nav(context):
         return {"links": []}
     targets = _nav_targets(request)
     links = [("Clusters", reverse("home")), ("Jobs", targets["jobs_url"])]
+    if targets["sessions_url"]:
+        links.append(("My sessions", targets["sessions_url"]))
     several = len(targets["admin_of"]) > 1
     for tenant in targets["admin_of"]:
         suffix = f" · {tenant.name}" if several else ""

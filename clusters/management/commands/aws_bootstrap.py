@@ -15,7 +15,7 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
 from accounts.issuer import RUN_AS_TAG
-from clusters.aws import AwsError, SsmSettings, poller_subject, provisioner_subject, ssm_settings
+from clusters.aws import AwsError, SsmSettings, auditor_subject, poller_subject, provisioner_subject, ssm_settings
 from clusters.models import Cluster
 
 POLICY_VERSION = "2012-10-17"
@@ -61,6 +61,8 @@ def trust_policy(cluster: Cluster, s: SsmSettings, account: str, issuer: str) ->
         portal_subjects.append(poller_subject(cluster))
     # Onboarding and offboarding create and lock POSIX accounts with the portal's own token (clusters/provisioning.py).
     portal_subjects.append(provisioner_subject(cluster))
+    if s.s3_bucket:  # the portal fetches the agent's session logs from the bucket (terminal/recordings.py)
+        portal_subjects.append(auditor_subject(cluster))
     if portal_subjects:
         statements.append({
             "Sid": "ClusterraPortalTokens",
