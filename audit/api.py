@@ -102,8 +102,8 @@ class SessionOut(Schema):
 
 class HitOut(Schema):
     session: SessionOut
-    log_kind: str  # "asciicast" (the portal's recording) or "ssm_s3" (the SSM agent's log)
-    offset: float | None  # seconds from the start of the session; null for an SSM log (no timing)
+    log_kind: str  # "asciicast" (the portal's recording), "ssm_s3" or "ssm_cloudwatch" (the SSM agent's S3 or CloudWatch log)
+    offset: float | None  # seconds from the start of the session; null for an SSM S3 log (no timing)
     kind: str  # "command" (typed at the prompt) or "output"
     text: str  # the line as it appeared
     spans: list[tuple[int, int]]  # where the query matches in text: [start, end) character positions
@@ -181,7 +181,8 @@ def _person_id(tenant, email: str | None) -> int | None:
 
 def _hit_out(tenant, hit, session) -> HitOut:
     return HitOut(session=_session_out(tenant, session), log_kind=hit.log_kind, offset=hit.offset, kind=hit.kind,
-                  text=hit.text, spans=list(hit.spans), playback_url=queries.playback_url(tenant, session.pk, hit.offset))
+                  text=hit.text, spans=list(hit.spans),
+                  playback_url=queries.playback_url(tenant, session.pk, hit.offset, log_kind=hit.log_kind))
 
 
 def _session_out(tenant, session) -> SessionOut:

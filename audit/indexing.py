@@ -1,6 +1,6 @@
 """The search index of session logs: what each session showed, in TranscriptChunk rows (audit/search.py reads them).
 
-    result = index_recording(session, file, log_kind="asciicast")   # or "ssm_s3"; bytes or a binary file
+    result = index_recording(session, file, log_kind="asciicast")   # or "ssm_s3", "ssm_cloudwatch"; bytes or a binary file
 
 Indexing a log again replaces its rows. A corrupt or truncated log is indexed as far as it can be read,
 and the result says so (complete=False, note); only a database error raises.

@@ -122,10 +122,18 @@ def person_in_tenant(tenant, email: str) -> int | None:
     return Membership.objects.filter(tenant=tenant, user__email__iexact=email.strip()).values_list("user_id", flat=True).first()
 
 
-def playback_url(tenant, session_id, offset: float | None = None) -> str:
-    """The playback page of a session; from `offset` seconds (rounded up to a tenth, so the line is on the screen)."""
+# The playback page plays the portal's recording, or with ?log=cloudwatch the SSM agent's CloudWatch Logs stream.
+PLAYABLE = {"recording": SessionLog.Kind.ASCIICAST, "cloudwatch": SessionLog.Kind.SSM_CLOUDWATCH}
+
+
+def playback_url(tenant, session_id, offset: float | None = None, *, log_kind: str = SessionLog.Kind.ASCIICAST) -> str:
+    """The playback page of a session; from `offset` seconds (rounded up to a tenth, so the line is on the screen),
+    playing the log a search hit was found in when it has timing (the CloudWatch stream), else the portal's recording."""
     url = reverse("audit:playback", args=[tenant.slug, session_id])
-    return url if offset is None else f"{url}?t={math.ceil(offset * 10) / 10:g}"
+    query = [] if offset is None else [f"t={math.ceil(offset * 10) / 10:g}"]
+    if log_kind == SessionLog.Kind.SSM_CLOUDWATCH:
+        query.append("log=cloudwatch")
+    return f"{url}?{'&'.join(query)}" if query else url
 
 
 @dataclass(frozen=True)
@@ -196,8 +204,12 @@ def attach_logs(sessions) -> None:
         session.log_flags = [flag for log in session.log_by_kind.values() for flag in log_flags(log, session)]
 
 
+LOG_NAMES = {SessionLog.Kind.ASCIICAST: "Recording", SessionLog.Kind.SSM_S3: "SSM log",
+             SessionLog.Kind.SSM_CLOUDWATCH: "CloudWatch log"}
+
+
 def log_flags(log: SessionLog, session: TerminalSession) -> list[tuple[str, str]]:
-    name = "SSM log" if log.kind == SessionLog.Kind.SSM_S3 else "Recording"
+    name = LOG_NAMES.get(log.kind, log.kind)
     waiting = session.ended_at is not None and timezone.now() - session.ended_at > _WAITING_NOTE_AFTER
     flags = []
     if log.state in _LOG_PROBLEMS or log.state in _LOG_NOTES or (waiting and log.state == SessionLog.State.SPOOLED):

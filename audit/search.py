@@ -51,8 +51,8 @@ class SessionFilter:
 @dataclass(frozen=True)
 class Hit:
     session_id: uuid.UUID
-    log_kind: str  # "asciicast" | "ssm_s3"
-    offset: float | None  # seconds from session start; None for SSM logs (no timing)
+    log_kind: str  # "asciicast" | "ssm_s3" | "ssm_cloudwatch"
+    offset: float | None  # seconds from session start; None for the SSM agent's S3 log (no timing)
     kind: str  # "output" | "command"
     text: str  # the whole line
     spans: tuple[tuple[int, int], ...]  # where the query matches inside text (for highlighting)

@@ -1,7 +1,8 @@
 """What a person saw in a terminal session: the lines of a recording as they appeared on the screen.
 
-Two inputs: an asciicast v2 recording (terminal/recording.py: output events with their time, resizes) and
-an SSM agent's S3 log (raw PTY output between `script`'s header and footer, no timing). The output is the
+Two inputs: an asciicast v2 recording (terminal/recording.py: output events with their time, resizes; also
+an SSM agent's CloudWatch Logs stream, which terminal/cloudwatch.py turns into one) and an SSM agent's S3 log
+(raw PTY output between `script`'s header and footer, no timing). The output is the
 list of lines that were on the screen — no escape sequences, no backspaced-over characters, a progress bar
 redrawn in place with `\\r` in its final state, a full-screen program (vim, less, top) as the text of its
 screens — each with the time it was last drawn, and the commands typed at a shell prompt marked as such.
@@ -34,7 +35,8 @@ from wcwidth import wcwidth
 
 ASCIICAST = "asciicast"
 SSM_S3 = "ssm_s3"
-LOG_KINDS = (ASCIICAST, SSM_S3)
+SSM_CLOUDWATCH = "ssm_cloudwatch"  # an asciicast recording too, indexed apart from the portal's own
+LOG_KINDS = (ASCIICAST, SSM_S3, SSM_CLOUDWATCH)
 OUTPUT, COMMAND = "output", "command"
 
 DEFAULT_SIZE = (80, 24)
@@ -1081,7 +1083,7 @@ def stream(source, log_kind: str, transcript: Transcript) -> Iterator[list[Trans
     input never raises: `transcript` says how far it got (complete, notes) and counts the bytes."""
     if log_kind not in LOG_KINDS:
         raise ValueError(f"Unknown log kind {log_kind!r}")
-    terminals: Iterable[Terminal] = _Asciicast(transcript).read(source) if log_kind == ASCIICAST else _ssm(source, transcript)
+    terminals: Iterable[Terminal] = _ssm(source, transcript) if log_kind == SSM_S3 else _Asciicast(transcript).read(source)
     terminal = None
     for terminal in terminals:
         if terminal.out.lines:

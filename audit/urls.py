@@ -10,5 +10,6 @@ urlpatterns = [
     path("sessions/<uuid:session_id>/", views.playback, name="playback"),
     path("sessions/<uuid:session_id>/recording.cast", views.recording, name="recording"),
     path("sessions/<uuid:session_id>/ssm.log", views.ssm_log, name="ssm_log"),
+    path("sessions/<uuid:session_id>/cloudwatch.cast", views.cloudwatch, name="cloudwatch"),
     path("events/", views.my_events, name="events"),
 ]

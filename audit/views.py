@@ -67,7 +67,8 @@ def _grouped(tenant, found) -> list[dict]:
     for hit, session in found:
         if not groups or groups[-1]["session"].pk != session.pk:
             groups.append({"session": session, "hits": []})
-        groups[-1]["hits"].append({"hit": hit, "url": queries.playback_url(tenant, session.pk, hit.offset)})
+        url = queries.playback_url(tenant, session.pk, hit.offset, log_kind=hit.log_kind)
+        groups[-1]["hits"].append({"hit": hit, "url": url})
     return groups
 
 
@@ -190,6 +191,11 @@ def playback(request, tenant_slug, session_id):
     queries.attach_logs([session])
     recording = session.log_by_kind.get(SessionLog.Kind.ASCIICAST)
     ssm_log = session.log_by_kind.get(SessionLog.Kind.SSM_S3)
+    cloudwatch_log = session.log_by_kind.get(SessionLog.Kind.SSM_CLOUDWATCH)
+    # The player plays the portal's recording, or the agent's CloudWatch stream when asked (?log=cloudwatch) or when
+    # the recording cannot be read; both count their time from the session's start.
+    playable = [name for name, kind in queries.PLAYABLE.items() if _readable(session.log_by_kind.get(kind))]
+    playing = request.GET.get("log") if request.GET.get("log") in playable else next(iter(playable), None)
     start = _seconds(request.GET.get("t"))
     events = list(queries.session_events(session))
     for event in events:  # where in the recording it happened (the recording starts with the session)
@@ -201,10 +207,12 @@ def playback(request, tenant_slug, session_id):
     back = reverse("console:activity", args=[tenant.slug]) if is_admin else reverse("audit:sessions", args=[tenant.slug])
     return render(request, "audit/playback.html", {
         "tenant": tenant, "session": session, "events": events, "back_url": back,
-        "recording_url": reverse("audit:recording", args=[tenant.slug, session.pk]) if _readable(recording) else None,
-        "recording_log": recording,
+        "recording_url": reverse(f"audit:{playing}", args=[tenant.slug, session.pk]) if playing else None,
+        "playing": playing, "playable": playable, "recording_log": recording,
         "ssm_log_url": reverse("audit:ssm_log", args=[tenant.slug, session.pk]) if _readable(ssm_log) else None,
-        "ssm_log": ssm_log, "start": start, "speed": speed, "speeds": SPEEDS, "markers": json.dumps(sorted(markers)),
+        "ssm_log": ssm_log, "cloudwatch_log": cloudwatch_log,
+        "cloudwatch_url": reverse("audit:cloudwatch", args=[tenant.slug, session.pk]) if "cloudwatch" in playable else None,
+        "start": start, "speed": speed, "speeds": SPEEDS, "markers": json.dumps(sorted(markers)),
     })
 
 
@@ -226,6 +234,14 @@ def recording(request, tenant_slug, session_id):
     """The session's asciicast recording, streamed from the recording store (or the spool)."""
     return _log_response(request, tenant_slug, session_id, SessionLog.Kind.ASCIICAST, "application/x-asciicast",
                          "{}.cast", inline=True)
+
+
+@login_required
+@require_GET
+def cloudwatch(request, tenant_slug, session_id):
+    """An SSM session's CloudWatch Logs stream, as the asciicast recording it was stored as (terminal/cloudwatch.py)."""
+    return _log_response(request, tenant_slug, session_id, SessionLog.Kind.SSM_CLOUDWATCH, "application/x-asciicast",
+                         "{}.cloudwatch.cast", inline=True)
 
 
 @login_required

@@ -56,8 +56,8 @@ TERMINAL_WEBSOCKET_REFUSALS = Counter(
 # --- recordings and session logs (terminal/recordings.py) ---------------------------------------
 SESSION_LOGS = Counter(
     "clusterra_session_logs",
-    "Session logs moved on, by kind (asciicast, ssm_s3) and outcome: stored, store_failed, fetched, fetch_failed, late, "
-    "missing, rejected, expired.", ["kind", "outcome"],
+    "Session logs moved on, by kind (asciicast, ssm_s3, ssm_cloudwatch) and outcome: stored, store_failed, fetched, "
+    "fetch_failed, late, missing, rejected, expired.", ["kind", "outcome"],
 )
 SESSION_LOGS_WAITING = Gauge(
     "clusterra_session_logs_waiting", "Session logs not in the recording store yet, by state (spooled, awaited, late), "

@@ -77,9 +77,11 @@ _KMS_KEY = re.compile(
     r"^(arn:aws[a-z-]*:kms:[a-z0-9-]+:\d{12}:(key|alias)/[\w/+=,.@-]{1,256}|alias/[\w/+=,.@-]{1,250}|(mrk-)?[0-9a-f-]{32,36})$",
     re.ASCII,
 )
+# CloudWatch Logs log group names: 1–512 of these characters (CreateLogGroup).
+_LOG_GROUP = re.compile(r"^[\w.\-/#]{1,512}$", re.ASCII)
 _KNOWN_KEYS = {
     "region", "instance_id", "role_arn", "document_name", "s3_bucket", "s3_prefix", "kms_key_id", "token_source",
-    "endpoint_url", "endpoint_urls", "sts_endpoint_url", "audience", "session_duration",
+    "endpoint_url", "endpoint_urls", "sts_endpoint_url", "audience", "session_duration", "cloudwatch_log_group",
 }
 
 
@@ -91,6 +93,7 @@ class SsmSettings:
     document_name: str = DEFAULT_DOCUMENT
     s3_bucket: str = ""
     s3_prefix: str = ""
+    cloudwatch_log_group: str = ""
     kms_key_id: str = ""
     token_source: str = "portal"  # noqa: S105 (where the web-identity token comes from, not a secret)
     endpoint_url: str = ""
@@ -119,6 +122,10 @@ class SsmSettings:
 
     def document_arn(self, account_id: str | None = None) -> str:
         return f"arn:{self.partition}:ssm:{self.region}:{account_id or self.account_id}:document/{self.document_name}"
+
+    def log_group_arn(self, account_id: str | None = None) -> str:
+        """The ARN of cloudwatch_log_group (in the role's account unless told otherwise)."""
+        return f"arn:{self.partition}:logs:{self.region}:{account_id or self.account_id}:log-group:{self.cloudwatch_log_group}"
 
     def endpoint_for(self, service: str) -> str | None:
         if service == "sts":
@@ -186,6 +193,10 @@ def ssm_settings(cluster: Cluster) -> SsmSettings:
         raise _bad("s3_prefix", "needs s3_bucket as well.")
     if not _PREFIX.match(s3_prefix) or ".." in s3_prefix.split("/"):
         raise _bad("s3_prefix", f"must be an S3 key prefix without '..' (letters, digits and !-_.*'()/=+@), got {s3_prefix!r}.")
+    cloudwatch_log_group = _string(raw, "cloudwatch_log_group")
+    if cloudwatch_log_group and not _LOG_GROUP.match(cloudwatch_log_group):
+        raise _bad("cloudwatch_log_group", "must be a CloudWatch Logs log group name (1–512 letters, digits and "
+                   f"'_', '-', '/', '.', '#'), got {cloudwatch_log_group!r}.")
     kms_key_id = _string(raw, "kms_key_id")
     if kms_key_id and not _KMS_KEY.match(kms_key_id):
         raise _bad("kms_key_id", f"must be a KMS key id, key ARN, alias/<name> or alias ARN, got {kms_key_id!r}.")
@@ -212,8 +223,9 @@ def ssm_settings(cluster: Cluster) -> SsmSettings:
         raise _bad("session_duration", "must be a number of seconds from 900 to 43200.")
     return SsmSettings(
         region=region, instance_id=instance_id, role_arn=role_arn, document_name=document_name, s3_bucket=s3_bucket,
-        s3_prefix=s3_prefix, kms_key_id=kms_key_id, token_source=token_source, endpoint_url=endpoint_url,
-        sts_endpoint_url=sts_endpoint_url, audience=audience, session_duration=session_duration, endpoint_urls=endpoint_urls,
+        s3_prefix=s3_prefix, cloudwatch_log_group=cloudwatch_log_group, kms_key_id=kms_key_id, token_source=token_source,
+        endpoint_url=endpoint_url, sts_endpoint_url=sts_endpoint_url, audience=audience, session_duration=session_duration,
+        endpoint_urls=endpoint_urls,
     )
 
 
@@ -562,9 +574,9 @@ def provisioner_client(cluster: Cluster, service: str):
     return _service_client(cluster, service, subject=provisioner_subject(cluster), run_as=PROVISIONER_RUN_AS)
 
 
-# Session logs (terminal/recordings.py) are read from the cluster's S3 bucket (s3_bucket/s3_prefix, where the SSM
-# agent writes them) with a subject of their own, like provisioning: no person behind it, and a Run As user that
-# must not exist on the head node, so these credentials cannot open a shell there.
+# Session logs (terminal/recordings.py) are read from the cluster's S3 bucket (s3_bucket/s3_prefix) and CloudWatch Logs
+# log group (cloudwatch_log_group), where the SSM agent writes them, with a subject of their own, like provisioning: no
+# person behind it, and a Run As user that must not exist on the head node, so these credentials cannot open a shell there.
 AUDITOR_RUN_AS = "clusterra-auditor"
 
 

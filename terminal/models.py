@@ -86,24 +86,26 @@ class TerminalSession(models.Model):
 
 
 class SessionLog(models.Model):
-    """One log of a terminal session and where it is: the portal's own recording, or the SSM agent's S3 log.
+    """One log of a terminal session and where it is: the portal's own recording, or the SSM agent's log in S3 or in
+    CloudWatch Logs.
 
     The recorder writes into a local spool (CLUSTERRA_RECORDINGS_SPOOL_DIR); when the session ends the
     spooled file is handed to the recording store (filesystem or S3) by a Celery task, retried with backoff
-    while the store is down (terminal/recordings.py). An SSM session's log is fetched from the cluster's
-    bucket once the agent has written it. Each log is also indexed for search (audit/indexing.py).
+    while the store is down (terminal/recordings.py). An SSM session's logs are fetched from the cluster's
+    bucket or log group once the agent has written them. Each log is also indexed for search (audit/indexing.py).
     """
 
     class Kind(models.TextChoices):
         ASCIICAST = "asciicast", "Portal recording (asciicast)"
         SSM_S3 = "ssm_s3", "SSM agent log (S3)"
+        SSM_CLOUDWATCH = "ssm_cloudwatch", "SSM agent log (CloudWatch Logs)"
 
     class State(models.TextChoices):
         RECORDING = "recording", "Being recorded"
         SPOOLED = "spooled", "In the local spool, not stored yet"
         STORED = "stored", "Stored"
-        AWAITED = "awaited", "Awaited from the cluster's bucket"
-        LATE = "late", "Late: not in the cluster's bucket yet"
+        AWAITED = "awaited", "Awaited from the SSM agent"
+        LATE = "late", "Late: not delivered by the SSM agent yet"
         MISSING = "missing", "Missing"
         REJECTED = "rejected", "Not fetched: over the size limit"
         EXPIRED = "expired", "Deleted after the retention period"
@@ -118,7 +120,8 @@ class SessionLog(models.Model):
     session = models.ForeignKey(TerminalSession, on_delete=models.CASCADE, related_name="logs")
     kind = models.CharField(max_length=16, choices=Kind.choices)
     path = models.CharField(max_length=500, help_text="Relative to the recording store (and to the spool).")
-    source = models.CharField(max_length=1100, blank=True, help_text="Where an SSM log comes from: s3://bucket/key.")
+    source = models.CharField(max_length=1100, blank=True,
+                              help_text="Where an SSM log comes from: s3://bucket/key, or a CloudWatch Logs log stream's ARN.")
     state = models.CharField(max_length=16, choices=State.choices)
     size = models.BigIntegerField(null=True, blank=True)
     attempts = models.PositiveIntegerField(default=0, help_text="Failed tries to store (or fetch) it.")

@@ -8,6 +8,19 @@ import orjson  # JSON-encoding every output byte on the event loop: the stdlib's
 from terminal.recordings import create_spool_file
 
 
+def header(*, cols: int, rows: int, timestamp: int, title: str, env: dict | None = None) -> bytes:
+    """The first line of an asciicast v2 recording."""
+    fields = {"version": 2, "width": cols, "height": rows, "timestamp": timestamp}
+    if env:
+        fields["env"] = env
+    return orjson.dumps({**fields, "title": title}) + b"\n"
+
+
+def event(elapsed: float, kind: str, text: str) -> bytes:
+    """One event line: `elapsed` seconds into the recording, kind "o" (output) or "r" (resize)."""
+    return orjson.dumps([elapsed, kind, text]) + b"\n"
+
+
 class AsciicastRecorder:
     """Writes one session's output to `<spool dir>/<relative_path>` (terminal/recordings.py hands it to the store
     when the session ends).
@@ -22,19 +35,11 @@ class AsciicastRecorder:
         self._file = create_spool_file(relative_path)  # closed in close()
         self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         self._started = time.monotonic()
-        header = {
-            "version": 2,
-            "width": cols,
-            "height": rows,
-            "timestamp": int(time.time()),
-            "env": {"TERM": "xterm-256color", "SHELL": shell},
-            "title": title,
-        }
-        self._file.write(orjson.dumps(header) + b"\n")
+        self._file.write(header(cols=cols, rows=rows, timestamp=int(time.time()), title=title,
+                                env={"TERM": "xterm-256color", "SHELL": shell}))
 
     def _event(self, kind: str, text: str):
-        elapsed = round(time.monotonic() - self._started, 6)
-        self._file.write(orjson.dumps([elapsed, kind, text]) + b"\n")
+        self._file.write(event(round(time.monotonic() - self._started, 6), kind, text))
 
     def output(self, data: bytes):
         text = self._decoder.decode(data)

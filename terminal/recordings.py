@@ -10,8 +10,10 @@
   task (`sweep`) retries what is due with backoff, so a lost task or a broker outage loses nothing either.
   Meanwhile `open_log` reads it from the spool.
 - SSM session logs: the agent writes `<s3_prefix>/<session id>.log` to the cluster's bucket when a session
-  ends. It is fetched with the cluster's auditor credentials (clusters/aws.py) into the spool and goes on
-  the same way. Absent CLUSTERRA_SSM_LOG_LATE_SECONDS after the session ended it is flagged late, absent
+  ends and, with a `cloudwatch_log_group`, streams the session's output into the log stream `<session id>`
+  while it runs. Each is fetched with the cluster's auditor credentials (clusters/aws.py) into the spool (the
+  stream as an asciicast recording: terminal/cloudwatch.py) and goes on the same way. Absent
+  CLUSTERRA_SSM_LOG_LATE_SECONDS after the session ended it is flagged late, absent
   CLUSTERRA_SSM_LOG_MISSING_SECONDS missing, each with an audit event: never silently absent.
 - Every log is indexed for search (audit/indexing.py) as soon as it is in the spool, without waiting for
   the store.
@@ -379,15 +381,17 @@ def ssm_log_key(s: aws.SsmSettings, ssm_session_id: str) -> str:
 
 
 def session_ended(session: TerminalSession) -> None:
-    """The session ended (finish_terminal_session, once): its recording is due for the store, an SSM log is awaited."""
+    """The session ended (finish_terminal_session, once): its recording is due for the store, SSM logs are awaited."""
     now = timezone.now()
     SessionLog.objects.filter(session=session, kind=Kind.ASCIICAST, state=State.RECORDING).update(
         state=State.SPOOLED, retry_at=now)
-    _await_ssm_log(session, now)
+    _await_ssm_logs(session, now)
     schedule(session.pk)
 
 
-def _await_ssm_log(session: TerminalSession, now) -> None:
+def _await_ssm_logs(session: TerminalSession, now) -> None:
+    """The SSM agent's logs of the session, as the cluster's settings have it write them: the S3 object (there when
+    the session has ended) and the CloudWatch Logs stream (read once the agent has stopped adding to it)."""
     if session.backend != "ssm" or not session.backend_session_id:
         return  # not an SSM session, or it never started at AWS: no log will come
     try:
@@ -395,17 +399,25 @@ def _await_ssm_log(session: TerminalSession, now) -> None:
     except aws.AwsError as exc:
         logger.warning("terminal session %s: no SSM log is awaited: %s", session.pk, exc)
         return
-    if not s.s3_bucket:
+    if not s.s3_bucket and not s.cloudwatch_log_group:
         return
     if not _SSM_SESSION_ID.match(session.backend_session_id):
         logger.warning("terminal session %s: the SSM session id %r is not a valid one; no SSM log is awaited",
                        session.pk, session.backend_session_id[:200])
         return
     base = session.recording_path.removesuffix(".cast") or f"{session.cluster.tenant.slug}/{session.pk}"
-    SessionLog.objects.get_or_create(session=session, kind=Kind.SSM_S3, defaults={
-        "path": check_path(f"{base}.ssm.log"), "state": State.AWAITED, "retry_at": now,
-        "source": f"s3://{s.s3_bucket}/{ssm_log_key(s, session.backend_session_id)}",
-    })
+    if s.s3_bucket:
+        SessionLog.objects.get_or_create(session=session, kind=Kind.SSM_S3, defaults={
+            "path": check_path(f"{base}.ssm.log"), "state": State.AWAITED, "retry_at": now,
+            "source": f"s3://{s.s3_bucket}/{ssm_log_key(s, session.backend_session_id)}",
+        })
+    if s.cloudwatch_log_group:
+        from terminal import cloudwatch
+
+        SessionLog.objects.get_or_create(session=session, kind=Kind.SSM_CLOUDWATCH, defaults={
+            "path": check_path(f"{base}.cloudwatch.cast"), "state": State.AWAITED, "retry_at": now + cloudwatch.QUIET,
+            "source": cloudwatch.stream_arn(s, session.backend_session_id),
+        })
 
 
 _publisher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="session-logs-queue")
@@ -542,64 +554,123 @@ def _s3_object(source: str) -> tuple[str, str]:
 
 
 def _fetch(log: SessionLog) -> bool:
-    """Copy an awaited SSM log from the cluster's bucket into the spool; True once it is there."""
+    """Copy an awaited SSM log into the spool, from the cluster's bucket or its log group; True once it is there."""
+    return _fetch_cloudwatch(log) if log.kind == Kind.SSM_CLOUDWATCH else _fetch_s3(log)
+
+
+def _fetch_s3(log: SessionLog) -> bool:
     from botocore.exceptions import BotoCoreError, ClientError
 
     bucket, key = _s3_object(log.source)
     try:
         client = aws.auditor_client(log.session.cluster, "s3")
         head = client.head_object(Bucket=bucket, Key=key)
-    except ClientError as exc:
-        if str(exc.response.get("Error", {}).get("Code", "")) in _NOT_FOUND:
-            return _not_there_yet(log, f"{log.source} is not there yet.", absent=True)
-        return _not_there_yet(log, aws.describe_client_error(exc, "HeadObject").message)
-    except BotoCoreError as exc:
-        return _not_there_yet(log, aws.describe_client_error(exc, "HeadObject").message)
-    except aws.AwsError as exc:  # no credentials (STS), or the cluster's settings changed
-        return _not_there_yet(log, exc.message)
+    except (ClientError, BotoCoreError, aws.AwsError) as exc:
+        return _not_fetched(log, exc, "HeadObject", not_found=_NOT_FOUND)
     size = head["ContentLength"]
     limit = settings.RECORDINGS_MAX_BYTES
     if size > limit:
-        why = f"{log.source} is {size} bytes, over CLUSTERRA_RECORDINGS_MAX_BYTES ({limit}); it was not fetched."
-        _update(log, state=State.REJECTED, size=size, retry_at=None, last_error=why, index_state=IndexState.SKIPPED,
-                index_note=why)
-        metrics.SESSION_LOGS.labels(kind=log.kind, outcome="rejected").inc()
-        record_event("terminal.session.log_rejected", tenant=_tenant(log), target=log.session,
-                     data={"kind": log.kind, "source": log.source, "size": size, "limit": limit})
+        _reject(log, size, f"{log.source} is {size} bytes, over CLUSTERRA_RECORDINGS_MAX_BYTES ({limit}); it was not fetched.")
         return False
-    target = spool_path(log.path)
     try:
-        private_dir(target.parent)
-        fd, temporary = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
-        try:
-            with os.fdopen(fd, "wb") as out:
-                body = client.get_object(Bucket=bucket, Key=key)["Body"]
-                with contextlib.closing(body):
-                    for chunk in body.iter_chunks(CHUNK):
-                        out.write(chunk)
-                        if out.tell() > limit:
-                            raise OSError(f"the object grew past CLUSTERRA_RECORDINGS_MAX_BYTES ({limit})")
-            os.replace(temporary, target)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(temporary)
-            raise
+        with _spool_writer(log.path) as out:
+            body = client.get_object(Bucket=bucket, Key=key)["Body"]
+            with contextlib.closing(body):
+                for chunk in body.iter_chunks(CHUNK):
+                    out.write(chunk)
+                    if out.tell() > limit:
+                        raise OSError(f"the object grew past CLUSTERRA_RECORDINGS_MAX_BYTES ({limit})")
     except (ClientError, BotoCoreError) as exc:
-        return _not_there_yet(log, aws.describe_client_error(exc, "GetObject").message)
+        return _not_fetched(log, exc, "GetObject")
     except OSError as exc:
         _failed(log, f"Cannot copy {log.source} into the spool: {_scrubbed(exc)}")
         return False
-    fetched = target.stat().st_size
-    if not _update(log, state=State.SPOOLED, size=fetched, attempts=0, last_error="", retry_at=timezone.now()):
+    return _fetched(log)
+
+
+def _fetch_cloudwatch(log: SessionLog) -> bool:
+    """The session's CloudWatch Logs stream, once the agent has stopped adding to it, as an asciicast recording."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    from terminal import cloudwatch
+
+    group, stream = cloudwatch.parse_stream_arn(log.source)
+    try:
+        client = aws.auditor_client(log.session.cluster, "logs")
+        found = cloudwatch.find_stream(client, group, stream)
+    except (ClientError, BotoCoreError, aws.AwsError) as exc:  # not found: the log group does not exist
+        return _not_fetched(log, exc, "DescribeLogStreams", not_found=cloudwatch.NOT_FOUND)
+    if found is None:
+        return _not_there_yet(log, f"{log.source} is not there yet.", absent=True)
+    idle = cloudwatch.idle_for(found, timezone.now())
+    if idle is not None and idle < cloudwatch.QUIET:
+        return _not_there_yet(log, f"{log.source} is still being written to (last {int(idle.total_seconds())} s ago).")
+    session = log.session
+    try:
+        with _spool_writer(log.path) as out:
+            cloudwatch.write_cast(cloudwatch.events(client, group, stream), out, started_at=session.started_at,
+                                  title=f"{session.posix_username}@{session.cluster.slug} (CloudWatch Logs)",
+                                  limit=settings.RECORDINGS_MAX_BYTES)
+    except cloudwatch.StreamTooLarge as exc:
+        _reject(log, exc.size, f"{log.source} {exc}; it was not fetched.")
         return False
-    logger.info("ssm log of terminal session %s fetched from %s (%d bytes)", log.session_id, log.source, fetched)
+    except (ClientError, BotoCoreError) as exc:  # not found: the stream or its group was deleted meanwhile
+        return _not_fetched(log, exc, "GetLogEvents", not_found=cloudwatch.NOT_FOUND)
+    except OSError as exc:
+        _failed(log, f"Cannot write {log.source} into the spool: {_scrubbed(exc)}")
+        return False
+    return _fetched(log)
+
+
+@contextlib.contextmanager
+def _spool_writer(relative_path: str):
+    """A new file (0600) that becomes the spooled `relative_path` when the block ends, and is removed if it fails."""
+    target = spool_path(relative_path)
+    private_dir(target.parent)
+    fd, temporary = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
+    try:
+        with os.fdopen(fd, "wb") as out:
+            yield out
+        os.replace(temporary, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
+        raise
+
+
+def _fetched(log: SessionLog) -> bool:
+    """The fetched log is in the spool: index and store it from there."""
+    size = spool_path(log.path).stat().st_size
+    if not _update(log, state=State.SPOOLED, size=size, attempts=0, last_error="", retry_at=timezone.now()):
+        return False
+    logger.info("%s log of terminal session %s fetched from %s (%d bytes)", log.kind, log.session_id, log.source, size)
     metrics.SESSION_LOGS.labels(kind=log.kind, outcome="fetched").inc()
     return True
 
 
+def _not_fetched(log: SessionLog, exc: Exception, action: str, *, not_found: frozenset | set = frozenset()) -> bool:
+    """A fetch failed: AWS answered that the log is not there (an error code in `not_found`), or could not be asked
+    (no credentials, access denied, unreachable: never counted as the log being absent)."""
+    from botocore.exceptions import ClientError
+
+    if isinstance(exc, ClientError) and str(exc.response.get("Error", {}).get("Code", "")) in not_found:
+        detail = aws.scrub(exc.response.get("Error", {}).get("Message") or "", 200)
+        return _not_there_yet(log, f"{log.source} is not there yet{f' ({detail})' if detail else ''}.", absent=True)
+    return _not_there_yet(log, aws.describe_client_error(exc, action).message)
+
+
+def _reject(log: SessionLog, size: int | None, why: str) -> None:
+    """Too large to fetch: it stays where the agent put it, and the session is flagged."""
+    _update(log, state=State.REJECTED, size=size, retry_at=None, last_error=why, index_state=IndexState.SKIPPED,
+            index_note=why)
+    metrics.SESSION_LOGS.labels(kind=log.kind, outcome="rejected").inc()
+    record_event("terminal.session.log_rejected", tenant=_tenant(log), target=log.session,
+                 data={"kind": log.kind, "source": log.source, "size": size, "limit": settings.RECORDINGS_MAX_BYTES})
+
+
 def _not_there_yet(log: SessionLog, error: str, *, absent: bool = False) -> bool:
-    """The SSM log is not in the bucket yet (absent), or the bucket could not be asked: late, then missing (only
-    when S3 answered that there is no such object: a bucket that cannot be read keeps it late and retried)."""
+    """The SSM log is not there yet (absent), or AWS could not be asked: late, then missing (only when AWS answered
+    that there is no such object or log stream: a bucket or log group that cannot be read keeps it late and retried)."""
     session = log.session
     waited = timezone.now() - (session.ended_at or log.created_at)
     data = {"kind": log.kind, "source": log.source, "waited_seconds": int(waited.total_seconds()), "error": error}
@@ -719,7 +790,7 @@ def sweep(limit: int = 200) -> int:
 
 _UNAVAILABLE = {
     State.AWAITED: "The SSM agent has not delivered this session's log yet.",
-    State.LATE: "The SSM agent's log of this session is late: it is not in the cluster's bucket yet.",
+    State.LATE: "The SSM agent's log of this session is late: the agent has not delivered it yet.",
     State.MISSING: "This log is missing.",
     State.REJECTED: "This log is over the size limit and was not fetched.",
     State.EXPIRED: "This log was deleted after the tenant's retention period.",
@@ -754,7 +825,7 @@ def open_log(log: SessionLog) -> BinaryIO:
 
 
 def open_recording(session: TerminalSession, kind: str = Kind.ASCIICAST) -> BinaryIO:
-    """The session's recording (or, with kind="ssm_s3", its SSM agent log): see open_log."""
+    """The session's recording (or, with kind="ssm_s3" or "ssm_cloudwatch", an SSM agent's log): see open_log."""
     log = SessionLog.objects.filter(session=session, kind=kind).first()
     if log is None:
         raise RecordingUnavailable("This session has no such log.")

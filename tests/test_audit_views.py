@@ -207,7 +207,7 @@ def test_a_late_missing_or_partly_indexed_log_is_flagged(world):
     client = signed_in(world.bob)
     for url in ("/t/acme/audit/sessions/", f"/t/acme/audit/sessions/{session.pk}/", "/t/acme/audit/sessions/?q=needle"):
         page = page_text(client.get(url))
-        assert 'flag-problem">SSM log: Late: not in the cluster&#x27;s bucket yet' in page, url
+        assert 'flag-problem">SSM log: Late: not delivered by the SSM agent yet' in page, url
         assert "Recording: Indexed as far as it could be read (truncated at byte 120)" in page, url
     SessionLog.objects.filter(session=session, kind=SessionLog.Kind.ASCIICAST).update(state=SessionLog.State.MISSING)
     page = page_text(client.get(f"/t/acme/audit/sessions/{session.pk}/"))

@@ -140,6 +140,53 @@ def test_session_document(cluster):
     assert inputs["idleSessionTimeout"] == "20" and inputs["maxSessionDuration"] == "720"  # 20 min, 12 h
     assert inputs["shellProfile"]["linux"] and inputs["shellProfile"]["windows"] == ""
     assert inputs["cloudWatchLogGroupName"] == "" and inputs["cloudWatchEncryptionEnabled"] is False
+    assert inputs["cloudWatchStreamingEnabled"] is False
+
+
+def test_cloudwatch_streaming_in_the_document_the_policy_and_the_trust(cast):
+    """A log group alone (no bucket) is enough for the auditor: it reads the session streams back."""
+    cluster = ensure_cluster(tenant=cast.acme, slug="cw", name="Streamed", backend="ssm", backend_settings={
+        "region": REGION, "instance_id": INSTANCE, "role_arn": ROLE, "cloudwatch_log_group": "/clusterra/acme/sessions"})
+    out, err = bootstrap("--cluster", "acme/cw")
+    inputs = out["session_document"]["Content"]["inputs"]
+    assert inputs["cloudWatchLogGroupName"] == "/clusterra/acme/sessions"
+    assert inputs["cloudWatchStreamingEnabled"] is True and inputs["cloudWatchEncryptionEnabled"] is False
+    assert inputs["s3BucketName"] == "" and inputs["s3EncryptionEnabled"] is False
+    policy = out["permissions_policy"]["PolicyDocument"]
+    streams = statement(policy, "ReadSessionLogStreams")
+    group = f"arn:aws:logs:{REGION}:{ACCOUNT}:log-group:/clusterra/acme/sessions"
+    assert streams["Action"] == ["logs:DescribeLogStreams", "logs:GetLogEvents"]
+    assert streams["Resource"] == [group, f"{group}:*"]
+    assert not [s for s in policy["Statement"] if s["Sid"].startswith(("ReadSessionLogsAnd", "ListSessionLogs"))]
+    [portal] = out["role"]["AssumeRolePolicyDocument"]["Statement"]
+    assert f"cluster-{cluster.pk}-auditor" in portal["Condition"]["StringLike"]["portal.example.test:sub"]
+    assert "encrypted" not in err
+
+    # With a KMS key the document asks for an encrypted log group, and the command says what that takes.
+    cluster.backend_settings = {**cluster.backend_settings, "kms_key_id": "1234abcd-12ab-34cd-56ef-1234567890ab"}
+    cluster.save()
+    out, err = bootstrap("--cluster", "acme/cw")
+    assert out["session_document"]["Content"]["inputs"]["cloudWatchEncryptionEnabled"] is True
+    assert "/clusterra/acme/sessions must be encrypted with a KMS key" in err
+    assert any("associate-kms-key" in warning for warning in out["warnings"])
+
+    with mock_aws():  # moto parses both documents
+        import boto3
+
+        boto3.client("iam", region_name=REGION).create_policy(PolicyName="check", PolicyDocument=json.dumps(policy))
+        doc = out["session_document"]
+        ssm = boto3.client("ssm", region_name=REGION)
+        ssm.create_document(Name=doc["Name"], Content=json.dumps(doc["Content"]), DocumentType=doc["DocumentType"],
+                            DocumentFormat=doc["DocumentFormat"])
+        assert json.loads(ssm.get_document(Name=doc["Name"])["Content"])["inputs"]["cloudWatchStreamingEnabled"] is True
+
+
+@pytest.mark.parametrize("name", ["has space", "a:b", "x" * 513, "star*"])
+def test_a_bad_log_group_name_is_refused_by_name(cluster, name):
+    cluster.backend_settings = {**cluster.backend_settings, "cloudwatch_log_group": name}
+    cluster.save()
+    with pytest.raises(CommandError, match="'cloudwatch_log_group' must be a CloudWatch Logs log group name"):
+        bootstrap("--cluster", "acme/aws")
 
 
 @pytest.mark.parametrize("idle, longest, want_idle, want_max, clamped", [

@@ -110,10 +110,10 @@ def key_of(cast, ssm_id=None) -> str:
     return f"hpc/sessions/{ssm_id or ssm_session_id(cast)}.log"
 
 
-def ended_ago(session, **delta) -> None:
+def ended_ago(session, kind: str = "ssm_s3", **delta) -> None:
     """Time travel: the session ended that long ago, and its log's next try is due now."""
     TerminalSession.objects.filter(pk=session.pk).update(ended_at=timezone.now() - timedelta(**delta))
-    SessionLog.objects.filter(session=session, kind="ssm_s3").update(retry_at=timezone.now())
+    SessionLog.objects.filter(session=session, kind=kind).update(retry_at=timezone.now())
 
 
 def test_an_ssm_log_is_fetched_stored_indexed_and_linked_to_its_session(ssm, settings, sts_calls):
@@ -152,6 +152,44 @@ def test_an_ssm_log_is_fetched_stored_indexed_and_linked_to_its_session(ssm, set
     assert recordings.store_session_logs(session.pk) == 0  # done
 
 
+def late_then_missing(session, kind: str) -> tuple[AuditEvent, AuditEvent]:
+    """Walk an SSM log that never comes past the thresholds (tried once already): awaited within 15 min, late after
+    (one event, however long it stays late), missing after 24 h (another event), then never tried again. Returns the
+    two events."""
+    def log() -> SessionLog:
+        return SessionLog.objects.get(session=session, kind=kind)
+
+    ended_ago(session, kind, minutes=14)
+    recordings.sweep()
+    assert log().state == State.AWAITED  # within the threshold
+
+    ended_ago(session, kind, minutes=16)
+    recordings.sweep()
+    assert (log().state, log().attempts) == (State.LATE, 3)
+    [late] = AuditEvent.objects.filter(action="terminal.session.log_late")
+    assert late.tenant_id == session.cluster.tenant_id and late.target_id == str(session.pk)
+    assert late.data["kind"] == kind and late.data["source"] == log().source and late.data["waited_seconds"] >= 16 * 60
+    with pytest.raises(RecordingUnavailable, match="late"):
+        open_recording(session, kind=kind)
+    assert recordings.status_text(log()).startswith("The SSM agent's log of this session is late")
+
+    ended_ago(session, kind, hours=3)
+    recordings.sweep()
+    assert log().state == State.LATE
+    assert AuditEvent.objects.filter(action="terminal.session.log_late").count() == 1  # flagged once
+
+    ended_ago(session, kind, hours=25)
+    recordings.sweep()
+    missing_log = log()
+    assert missing_log.state == State.MISSING and missing_log.retry_at is None and missing_log.index_state == IndexState.SKIPPED
+    [missing] = AuditEvent.objects.filter(action="terminal.session.log_missing")
+    assert missing.target_id == str(session.pk) and missing.data["source"] == missing_log.source
+    with pytest.raises(RecordingUnavailable, match="missing"):
+        open_recording(session, kind=kind)
+    assert recordings.sweep() == 0 and log().state == State.MISSING  # not tried again
+    return late, missing
+
+
 def test_a_log_that_never_comes_is_late_then_missing_never_silently_absent(ssm):
     session = ended_ssm_session(ssm)
     recordings.store_session_logs(session.pk)
@@ -159,36 +197,7 @@ def test_a_log_that_never_comes_is_late_then_missing_never_silently_absent(ssm):
     assert log.state == State.AWAITED and log.attempts == 1 and "is not there yet" in log.last_error
     assert log.retry_at > timezone.now()
     assert not AuditEvent.objects.filter(action__startswith="terminal.session.log_").exists()
-
-    ended_ago(session, minutes=14)
-    recordings.sweep()
-    assert ssm_log(session).state == State.AWAITED  # within the threshold
-
-    ended_ago(session, minutes=16)
-    recordings.sweep()
-    log = ssm_log(session)
-    assert log.state == State.LATE and log.attempts == 3
-    [late] = AuditEvent.objects.filter(action="terminal.session.log_late")
-    assert late.tenant_id == ssm.acme.pk and late.target_id == str(session.pk)
-    assert late.data["source"] == log.source and late.data["waited_seconds"] >= 16 * 60
-    with pytest.raises(RecordingUnavailable, match="late"):
-        open_recording(session, kind="ssm_s3")
-    assert recordings.status_text(log).startswith("The SSM agent's log of this session is late")
-
-    ended_ago(session, hours=3)
-    recordings.sweep()
-    assert ssm_log(session).state == State.LATE
-    assert AuditEvent.objects.filter(action="terminal.session.log_late").count() == 1  # flagged once
-
-    ended_ago(session, hours=25)
-    recordings.sweep()
-    log = ssm_log(session)
-    assert log.state == State.MISSING and log.retry_at is None and log.index_state == IndexState.SKIPPED
-    [missing] = AuditEvent.objects.filter(action="terminal.session.log_missing")
-    assert missing.target_id == str(session.pk) and missing.data["source"] == log.source
-    with pytest.raises(RecordingUnavailable, match="missing"):
-        open_recording(session, kind="ssm_s3")
-    assert recordings.sweep() == 0 and ssm_log(session).state == State.MISSING  # not tried again
+    late_then_missing(session, "ssm_s3")
 
 
 def test_a_log_that_comes_late_is_still_fetched(ssm, settings):

@@ -61,7 +61,7 @@ def trust_policy(cluster: Cluster, s: SsmSettings, account: str, issuer: str) ->
         portal_subjects.append(poller_subject(cluster))
     # Onboarding and offboarding create and lock POSIX accounts with the portal's own token (clusters/provisioning.py).
     portal_subjects.append(provisioner_subject(cluster))
-    if s.s3_bucket:  # the portal fetches the agent's session logs from the bucket (terminal/recordings.py)
+    if s.s3_bucket or s.cloudwatch_log_group:  # the portal fetches the agent's session logs (terminal/recordings.py)
         portal_subjects.append(auditor_subject(cluster))
     if portal_subjects:
         statements.append({
@@ -157,6 +157,18 @@ def permissions_policy(s: SsmSettings, account: str) -> dict:
             "Resource": [f"arn:{part}:s3:::{s.s3_bucket}"],
             "Condition": {"StringLike": {"s3:prefix": [f"{prefix}/*" if prefix else "*"]}},
         })
+    if s.cloudwatch_log_group:
+        # The agent streams each session into the log stream named after its session id; the portal reads it back.
+        # DescribeLogStreams is authorized on the group (written `…:log-group:<name>` or `…:log-group:<name>:*`),
+        # GetLogEvents on the stream (`…:log-group:<name>:log-stream:<session id>`). Names hold no ':', so both
+        # patterns stay within this group.
+        group = s.log_group_arn(account)
+        statements.append({
+            "Sid": "ReadSessionLogStreams",
+            "Effect": "Allow",
+            "Action": ["logs:DescribeLogStreams", "logs:GetLogEvents"],
+            "Resource": [group, f"{group}:*"],
+        })
     return {"Version": POLICY_VERSION, "Statement": statements}
 
 
@@ -180,8 +192,11 @@ def session_document(cluster: Cluster, s: SsmSettings) -> tuple[dict, list[str]]
             "s3BucketName": s.s3_bucket,
             "s3KeyPrefix": _prefix(s),
             "s3EncryptionEnabled": bool(s.s3_bucket),
-            "cloudWatchLogGroupName": "",
-            "cloudWatchEncryptionEnabled": False,
+            # Streamed while the session runs, as JSON events (sessionData lines), one log stream per session.
+            # With a KMS key, the agent also insists that the log group be encrypted with one.
+            "cloudWatchLogGroupName": s.cloudwatch_log_group,
+            "cloudWatchStreamingEnabled": bool(s.cloudwatch_log_group),
+            "cloudWatchEncryptionEnabled": bool(s.cloudwatch_log_group and s.kms_key_id),
             "kmsKeyId": s.kms_key_id,
             # Run As on and no default user: the OS user comes only from the SSMSessionRunAs session tag,
             # and a session without the tag fails instead of starting as ssm-user.
@@ -237,6 +252,10 @@ class Command(BaseCommand):
                             "again after configuring polling.")
         if s.kms_key_id.startswith("alias/") or ":alias/" in s.kms_key_id:
             warnings.append("kms_key_id is an alias: put the key's ARN in the policy (IAM matches keys, not aliases).")
+        if s.cloudwatch_log_group and s.kms_key_id:
+            warnings.append(f"With kms_key_id set the session document asks for encrypted CloudWatch logs: the log group "
+                            f"{s.cloudwatch_log_group} must be encrypted with a KMS key (aws logs associate-kms-key), or "
+                            "Session Manager does not start sessions.")
         document, notes = session_document(found, s)
         warnings.extend(notes)
 
