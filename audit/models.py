@@ -32,7 +32,11 @@ class AuditEvent(models.Model):
 
     class Meta:
         ordering = ["-created_at", "-id"]
-        indexes = [models.Index(fields=["tenant", "-created_at"])]
+        indexes = [
+            models.Index(fields=["tenant", "-created_at"]),
+            models.Index(fields=["tenant", "-id"], name="audit_event_tenant_newest"),  # listings page by id
+            models.Index(fields=["target_type", "target_id"], name="audit_event_target"),  # a session's events
+        ]
         constraints = [
             models.UniqueConstraint(fields=["tenant", "sequence"], condition=Q(tenant__isnull=False),
                                     name="audit_event_tenant_sequence"),

@@ -281,7 +281,9 @@ def test_metrics_of_celery_worker_and_daphne_aggregate_and_request_id_reaches_th
         "CLUSTERRA_LOG_FORMAT": "json",
     }
     worker_log = tmp_path / "celery.log"
-    sender = Celery(broker=broker)
+    # Not the current app: it would stay current in this thread for the tests that follow, and their patches of
+    # shared tasks (resolved through the current app) would miss the tasks other threads call.
+    sender = Celery(broker=broker, set_as_current=False)
     with run_daphne(tmp_path, settings, {"PROMETHEUS_MULTIPROC_DIR": str(multiproc)}) as url:
         worker = subprocess.Popen(
             [sys.executable, "-m", "celery", "-A", "clusterra", "worker", "--pool=solo", "-Q", queue, "--without-mingle",
