@@ -4,6 +4,7 @@ from django.contrib.auth.forms import AuthenticationForm
 
 from accounts import throttle
 from accounts.models import User
+from accounts.services import record_password_sign_in
 from accounts.tenancy import active_memberships
 
 
@@ -20,37 +21,33 @@ class ThrottledSignInMixin:
         email, address = throttle.normalise_email(username), throttle.client_address(self.request)
         self.signin_lock = throttle.current_lock(throttle.LOGIN, email, address)
         if self.signin_lock is not None:
-            self._audit(email, address, "locked: too many failed sign-ins")
+            record_password_sign_in(email=email, user=User.objects.filter(email=email).first(), client_address=address,
+                                    reason="locked: too many failed sign-ins")
             raise forms.ValidationError(self.signin_lock.message, code="throttled")
         try:
             cleaned = super().clean()
         except forms.ValidationError as exc:
             if getattr(exc, "code", None) in ("invalid_login", "inactive"):
                 throttle.record_failure(throttle.LOGIN, email, address)
-            self._audit(email, address, self._failure_reason(email))
+            self._audit_refusal(email, address)
             raise
         throttle.record_success(throttle.LOGIN, email)
-        self._audit(email, address, "")
+        record_password_sign_in(email=email, user=self.get_user(), client_address=address)
         return cleaned
 
-    @staticmethod
-    def _failure_reason(email: str) -> str:
-        """For the audit trail only (the page says the same thing in every case)."""
+    def _audit_refusal(self, email: str, address: str | None) -> None:
+        """Why a password was refused, for the audit trail only (the page says the same thing in every case)."""
         from accounts.backends import password_sign_in_allowed
 
         user = User.objects.filter(email=email).first()
         if user is None:
-            return "no account with this email"
-        if not user.is_active:
-            return "account inactive"
-        if not password_sign_in_allowed(user):
-            return "password sign-in is turned off for this person's tenants"
-        return "wrong password"
-
-    def _audit(self, email: str, address: str | None, reason: str) -> None:
-        from accounts.services import record_password_sign_in
-
-        user = self.get_user() if not reason else User.objects.filter(email=email).first()
+            reason = "no account with this email"
+        elif not user.is_active:
+            reason = "account inactive"
+        elif not password_sign_in_allowed(user):
+            reason = "password sign-in is turned off for this person's tenants"
+        else:
+            reason = "wrong password"
         record_password_sign_in(email=email, user=user, client_address=address, reason=reason)
 
 

@@ -32,7 +32,7 @@ def test_server_error_page_renders_without_a_request_context():
     assert "Sign out" not in page
 
 
-def test_the_favicon_is_served_from_static_files(client):
+def test_the_favicon_is_served_from_static_files():
     from django.contrib.staticfiles import finders
 
     assert finders.find("img/favicon.svg")
