@@ -6,6 +6,7 @@ from accounts import throttle
 from accounts.models import User
 from accounts.services import record_password_sign_in
 from accounts.tenancy import active_memberships
+from clusterra import timezones
 
 
 class ThrottledSignInMixin:
@@ -65,8 +66,18 @@ class EmailAuthenticationForm(ThrottledSignInMixin, AuthenticationForm):
 class PreferencesForm(forms.ModelForm):
     class Meta:
         model = User
-        fields = ["full_name", "terminal_renderer"]
-        labels = {"terminal_renderer": "Terminal renderer"}
+        fields = ["full_name", "terminal_renderer", "time_zone"]
+        labels = {"terminal_renderer": "Terminal renderer", "time_zone": "Time zone"}
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fields["time_zone"].widget = forms.Select(choices=timezones.choices())
+
+    def clean_time_zone(self):
+        value = self.cleaned_data["time_zone"]
+        if value and timezones.zone(value) is None:
+            raise forms.ValidationError(f"{value!r} is not a time zone this server knows.")
+        return value
 
 
 class ApiTokenForm(forms.Form):

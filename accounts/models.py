@@ -40,6 +40,8 @@ class User(AbstractBaseUser, PermissionsMixin):
     is_staff = models.BooleanField(default=False, help_text="Can use the Django admin site.")
     date_joined = models.DateTimeField(default=timezone.now)
     terminal_renderer = models.CharField(max_length=8, choices=Renderer.choices, default=Renderer.AUTO)
+    time_zone = models.CharField(max_length=64, blank=True,
+                                 help_text="IANA time zone for times on pages; empty: the one the browser reports.")
     # Bumped to sign the person out of every web session at once (offboarding, suspension): Django
     # checks the session's auth hash on every request and WebSocket connect.
     session_generation = models.PositiveIntegerField(default=0)

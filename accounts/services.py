@@ -36,11 +36,13 @@ def set_terminal_renderer(user, renderer: str) -> None:
     record_event("account.preferences.update", actor=user, target=user, data={"terminal_renderer": renderer})
 
 
-def update_preferences(user, *, full_name: str, terminal_renderer: str) -> None:
+def update_preferences(user, *, full_name: str, terminal_renderer: str, time_zone: str = "") -> None:
     user.full_name = full_name
     user.terminal_renderer = terminal_renderer
-    user.save(update_fields=["full_name", "terminal_renderer"])
-    record_event("account.preferences.update", actor=user, target=user, data={"terminal_renderer": terminal_renderer})
+    user.time_zone = time_zone
+    user.save(update_fields=["full_name", "terminal_renderer", "time_zone"])
+    record_event("account.preferences.update", actor=user, target=user,
+                 data={"terminal_renderer": terminal_renderer, "time_zone": time_zone})
 
 
 def ensure_tenant(*, slug: str, name: str, actor=None):

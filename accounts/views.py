@@ -43,7 +43,8 @@ class LoginView(auth_views.LoginView):
 def preferences(request):
     form = PreferencesForm(request.POST or None, instance=request.user)
     if request.method == "POST" and form.is_valid():
-        update_preferences(request.user, full_name=form.cleaned_data["full_name"], terminal_renderer=form.cleaned_data["terminal_renderer"])
+        update_preferences(request.user, full_name=form.cleaned_data["full_name"], terminal_renderer=form.cleaned_data["terminal_renderer"],
+                           time_zone=form.cleaned_data["time_zone"])
         messages.success(request, "Preferences saved.")
         return redirect("accounts:preferences")
     return render(request, "accounts/preferences.html", {"form": form})

@@ -57,6 +57,7 @@ INSTALLED_APPS = [
     "clusters",
     "terminal",
     "jobs",
+    "filebrowser",  # browse, view, upload, edit files as the user's POSIX account (docs/files.md)
     "audit",
     "scim",  # SCIM 2.0 provisioning at /scim/v2/ (docs/scim.md)
     "okta",
@@ -64,6 +65,7 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "clusterra.ops.OpsEndpointsMiddleware",  # /healthz /readyz /metrics, before host checks, redirects and sessions
+    "clusterra.api_errors.JsonApiErrorsMiddleware",  # every error under /v1/ as {"detail": ...}, even Django's own 404/500
     "clusterra.logcontext.RequestContextMiddleware",  # request id and context for log lines
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
@@ -72,6 +74,7 @@ MIDDLEWARE = [
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "clusterra.timezones.ViewerTimeZoneMiddleware",  # times in the viewer's zone (preference, else the browser's)
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
 ]
@@ -291,6 +294,11 @@ CELERY_BEAT_SCHEDULE = {
 }
 # Redis for the poller's per-cluster due/lock keys (the same server as the broker by default).
 POLL_LOCK_REDIS_URL = env_str("CLUSTERRA_POLL_LOCK_REDIS_URL", CELERY_BROKER_URL)
+# Quotas on the dashboard (clusters/quotas.py, docs/dashboard.md): Slurm limits, fair-share and storage use of
+# every active account on a polled cluster, collected as that account's own POSIX user every N seconds.
+QUOTA_INTERVAL = env_int("CLUSTERRA_QUOTA_INTERVAL", 300, minimum=30)
+QUOTA_COMMAND_TIMEOUT = env_int("CLUSTERRA_QUOTA_COMMAND_TIMEOUT", 30, minimum=1, maximum=600)
+CELERY_BEAT_SCHEDULE["collect-quotas"] = {"task": "clusters.tasks.collect_quotas_due", "schedule": QUOTA_INTERVAL}
 
 # --- Cache: the sign-in throttle's counters, shared by every process (accounts/throttle.py, docs/security.md) ---
 def _redis_database(url: str, db: int) -> str:
@@ -389,6 +397,15 @@ TERMINAL_SCROLLBACK_BYTES = env_int("CLUSTERRA_TERMINAL_SCROLLBACK_BYTES", 256 *
 # PATH given to the user's login shell (their profile may extend it).
 TERMINAL_PATH = env_str("CLUSTERRA_TERMINAL_PATH", "/usr/local/bin:/usr/bin:/bin:/usr/local/sbin:/usr/sbin")
 TERMINAL_LANG = env_str("CLUSTERRA_TERMINAL_LANG", "C.UTF-8")
+
+# --- File browser (filebrowser/, docs/files.md) ------------------------------------------------
+# Uploads larger than this are refused before anything is written (SSM clusters have a smaller, fixed limit).
+FILES_MAX_UPLOAD_BYTES = env_int("CLUSTERRA_FILES_MAX_UPLOAD_BYTES", 512 * 1024**2, minimum=1024)
+# Files larger than this open read-only (no editing); a text preview shows at most this much of a file.
+FILES_MAX_EDIT_BYTES = env_int("CLUSTERRA_FILES_MAX_EDIT_BYTES", 1024**2, minimum=1024, maximum=16 * 1024**2)
+FILES_MAX_PREVIEW_BYTES = env_int("CLUSTERRA_FILES_MAX_PREVIEW_BYTES", 256 * 1024, minimum=1024, maximum=16 * 1024**2)
+# A download or upload taking longer than this (seconds) is stopped and its process killed.
+FILES_TRANSFER_TIMEOUT = env_int("CLUSTERRA_FILES_TRANSFER_TIMEOUT", 3600, minimum=10, maximum=86400)
 
 # --- Logs, health and metrics (clusterra/logcontext.py, clusterra/ops.py, clusterra/metrics.py) -------------
 from clusterra.env import env_choice  # noqa: E402

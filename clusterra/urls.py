@@ -18,6 +18,7 @@ urlpatterns = [
     path("t/<slug:tenant_slug>/c/<slug:cluster_slug>/", include("clusters.urls")),
     path("t/<slug:tenant_slug>/c/<slug:cluster_slug>/terminal/", include("terminal.urls")),
     path("t/<slug:tenant_slug>/c/<slug:cluster_slug>/jobs/", include("jobs.urls")),
+    path("t/<slug:tenant_slug>/c/<slug:cluster_slug>/files/", include("filebrowser.urls")),
     path("t/<slug:tenant_slug>/sessions/", include("terminal.admin_urls")),
     path("t/<slug:tenant_slug>/audit/", include("audit.urls")),  # own sessions and activity, playback (audit/views.py)
     path("t/<slug:tenant_slug>/admin/", include("accounts.console.urls")),  # the tenant admin console

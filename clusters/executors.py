@@ -25,6 +25,7 @@ from clusters import aws
 from clusters.models import Cluster, ClusterAccount, posix_username_validator
 from clusters.posix import PosixAccountError, become_user_argv, check_posix_account, clean_environment
 from clusters.spawn import CaptureTimeout, OutputTooLarge, run_captured
+from clusters.streaming import OutputStream
 
 logger = logging.getLogger(__name__)
 
@@ -82,7 +83,7 @@ class Executor:
 class LocalExecutor(Executor):
     """Runs the command on this machine as the account's POSIX user."""
 
-    def run(self, account, argv, *, stdin=None, timeout=30, env=None) -> CommandResult:
+    def _full_argv(self, account, argv, env) -> list[str]:
         if not argv or not all(isinstance(a, str) and "\x00" not in a for a in argv):
             raise ValueError("argv must be a non-empty list of strings without NUL bytes")
         try:
@@ -90,7 +91,11 @@ class LocalExecutor(Executor):
         except PosixAccountError as exc:
             raise ExecutorError(str(exc)) from None
         # `env -C /`: the command starts in / (posix_spawn keeps the portal's own directory).
-        full = [*become_user_argv(entry), "env", "-i", "-C", "/", *clean_environment(entry, **(env or {})), *argv]
+        return [*become_user_argv(entry), "env", "-i", "-C", "/", *clean_environment(entry, **(env or {})), *argv]
+
+    def run(self, account, argv, *, stdin=None, timeout=30, env=None) -> CommandResult:
+        """`stdin` may also be a readable binary file (an upload): it is fed in chunks, never read whole."""
+        full = self._full_argv(account, argv, env)
         started = time.monotonic()
         try:
             result = run_captured(full, env={"PATH": _SPAWN_PATH}, stdin=stdin, timeout=timeout, max_output=MAX_OUTPUT_BYTES)
@@ -101,6 +106,14 @@ class LocalExecutor(Executor):
         except OutputTooLarge:
             raise ExecutorError(f"{argv[0]} printed more than {MAX_OUTPUT_BYTES // 2**20} MiB.") from None
         return CommandResult(tuple(argv), result.returncode, result.stdout, result.stderr, time.monotonic() - started)
+
+    def stream(self, account, argv, *, timeout: float, idle_timeout: float, env=None) -> OutputStream:
+        """Start argv as the user and hand back its stdout as a stream (downloads; clusters/streaming.py)."""
+        try:
+            return OutputStream(self._full_argv(account, argv, env), env={"PATH": _SPAWN_PATH}, timeout=timeout,
+                                idle_timeout=idle_timeout)
+        except OSError as exc:
+            raise ExecutorError(f"Could not run {argv[0]}: {exc.strerror}.") from None
 
 
 # --- AWS SSM (SendCommand) ----------------------------------------------------------------------

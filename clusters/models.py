@@ -147,3 +147,27 @@ class CredentialRevocation(models.Model):
 
     def __str__(self):
         return f"{self.subject} revoked {self.revoked_at:%Y-%m-%d %H:%M:%S}"
+
+
+class AccountUsage(models.Model):
+    """What one ClusterAccount may use and has used on its cluster, as last collected (clusters/quotas.py).
+
+    Collected in the background by a Celery task as the account's own POSIX user (sacctmgr, sshare,
+    quota, df through the cluster's executor); pages only read this row. A part that fails keeps its
+    previous value, and `error` says what failed at the last attempt.
+    """
+
+    account = models.OneToOneField(ClusterAccount, on_delete=models.CASCADE, related_name="usage")
+    # [{"cluster", "account", "partition", "limits": {name: value}, "fairshare": {...} | None}, ...]
+    associations = models.JSONField(default=list, blank=True)
+    # [{"path", "kind": "home"|"shared", "source": "quota"|"filesystem", "used", "limit", "soft_limit",
+    #   "filesystem", "mounted_on", "error"}, ...] in bytes
+    storage = models.JSONField(default=list, blank=True)
+    collected_at = models.DateTimeField(null=True, blank=True, help_text="The last attempt at which something was collected.")
+    attempted_at = models.DateTimeField(null=True, blank=True)
+    error = models.TextField(blank=True, help_text="What failed at the last attempt; empty when everything worked.")
+
+    objects = scoped_queryset("account__cluster__tenant").as_manager()
+
+    def __str__(self):
+        return f"usage of {self.account_id}"

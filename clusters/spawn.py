@@ -17,6 +17,7 @@ import selectors
 import signal
 import time
 from dataclasses import dataclass
+from typing import BinaryIO
 
 # Every signal a program may handle; SIGKILL and SIGSTOP cannot be caught or ignored anyway. (glibc
 # reserves 32 and 33 for itself and its posix_spawn leaves those ignored; glibc re-arms them on use.)
@@ -67,11 +68,13 @@ class OutputTooLarge(Exception):
     pass
 
 
-def run_captured(argv: list[str], *, env: dict[str, str], stdin: bytes | None, timeout: float, max_output: int) -> Captured:
+def run_captured(argv: list[str], *, env: dict[str, str], stdin: bytes | BinaryIO | None, timeout: float,
+                 max_output: int) -> Captured:
     """Run `argv` in a new session with clean signals, feed `stdin`, capture stdout and stderr.
 
-    On a timeout or too much output the whole session (the command and whatever it started) is
-    killed and reaped before CaptureTimeout / OutputTooLarge is raised.
+    `stdin` is bytes, or a readable binary file that is fed READ_CHUNK at a time (an upload of any
+    size never sits in memory whole). On a timeout or too much output the whole session (the
+    command and whatever it started) is killed and reaped before CaptureTimeout / OutputTooLarge.
     """
     in_r, in_w = os.pipe() if stdin is not None else (os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC), -1)
     out_r, out_w = os.pipe()
@@ -86,7 +89,8 @@ def run_captured(argv: list[str], *, env: dict[str, str], stdin: bytes | None, t
     for fd in (in_r, out_w, err_w):
         os.close(fd)
     chunks = {out_r: [], err_r: []}
-    pending = memoryview(stdin or b"")
+    source = stdin if hasattr(stdin, "read") else None
+    pending = memoryview(source.read(READ_CHUNK) if source is not None else (stdin or b""))
     total = 0
     deadline = time.monotonic() + timeout
     failure: Exception | None = None
@@ -110,6 +114,8 @@ def run_captured(argv: list[str], *, env: dict[str, str], stdin: bytes | None, t
                 if fd == in_w:
                     try:
                         pending = pending[os.write(fd, pending[:READ_CHUNK]):]
+                        if not pending and source is not None:
+                            pending = memoryview(source.read(READ_CHUNK))
                     except BrokenPipeError:  # the command does not read all of its input
                         pending = pending[:0]
                     if not pending:

@@ -2,6 +2,7 @@ from django.contrib.auth.decorators import login_required
 from django.shortcuts import render
 
 from accounts.tenancy import active_memberships, get_visible_or_404
+from clusters import dashboard
 from clusters.models import Cluster, ClusterAccount
 from jobs.models import Partition, QueueSummary
 from terminal.models import TerminalSession
@@ -9,11 +10,9 @@ from terminal.models import TerminalSession
 
 @login_required
 def home(request):
-    memberships = active_memberships(request.user).select_related("tenant").order_by("tenant__name")
-    clusters = Cluster.objects.visible_to(request.user).select_related("tenant")
-    accounts = {a.cluster_id: a for a in ClusterAccount.objects.filter(user=request.user)}
-    rows = [{"cluster": c, "account": accounts.get(c.pk)} for c in clusters]
-    return render(request, "clusters/home.html", {"memberships": memberships, "rows": rows})
+    """The dashboard: clusters, jobs, terminal sessions and quotas, from caches only (clusters/dashboard.py)."""
+    memberships = list(active_memberships(request.user).select_related("tenant").order_by("tenant__name"))
+    return render(request, "clusters/home.html", {"memberships": memberships, **dashboard.context(request.user)})
 
 
 @login_required

@@ -1,6 +1,7 @@
 """The write path for what users do to jobs: submit and cancel. Each runs Slurm as the user's own
 POSIX account through the cluster's executor and writes an audit event."""
 
+import dataclasses
 import posixpath
 from dataclasses import dataclass
 
@@ -10,7 +11,8 @@ from audit.services import record_event
 from clusters.executors import CommandTooLarge, ExecutorError, executor_for
 from clusters.models import ClusterAccount
 from jobs import slurm, validation
-from jobs.models import Job
+from jobs.models import Job, JobSubmission
+from jobs.queries import ACTIVE_STATES
 
 SUBMIT_TIMEOUT = 30
 
@@ -23,6 +25,10 @@ class JobActionError(Exception):
         self.status = status
 
 
+class OutputMissing(JobActionError):
+    """The job's output file is not there: not written yet (pending or just started) or moved away."""
+
+
 @dataclass(kw_only=True)
 class SubmitRequest(slurm.JobOptions):
     """A submission as the user asked for it (API body, web form, CLI), before validation."""
@@ -30,6 +36,10 @@ class SubmitRequest(slurm.JobOptions):
     script_path: str | None = None
     script: str | None = None
     working_directory: str | None = None
+
+
+# The sbatch options of a request that are kept for "Resubmit" and in templates (environment values are not).
+OPTION_FIELDS = [f.name for f in dataclasses.fields(slurm.JobOptions) if f.name != "environment"]
 
 
 def allowed_roots(account: ClusterAccount) -> list[str]:
@@ -50,9 +60,7 @@ def _options(account: ClusterAccount, request: SubmitRequest) -> tuple[slurm.Sub
     choice = {name: validation.clean_choice(name, getattr(request, name), *validation.PATTERNS[name]) for name in validation.PATTERNS}
     options = slurm.SubmitOptions(
         working_directory=workdir, name=validation.clean_name(request.name),
-        nodes=validation.clean_count("nodes", request.nodes, 10_000),
-        ntasks=validation.clean_count("ntasks", request.ntasks, 1_000_000),
-        cpus_per_task=validation.clean_count("cpus_per_task", request.cpus_per_task, 10_000),
+        **{name: validation.clean_count(name, getattr(request, name), most) for name, most in validation.MAX_COUNTS.items()},
         environment=validation.clean_environment(request.environment), **choice,
     )
     return options, script_path, stdin
@@ -76,13 +84,24 @@ def sync_job(account: ClusterAccount, job_id: str) -> Job | None:
     result = _run(account, slurm.scontrol_show_job_argv(job_id))
     if not result.ok:
         return None  # purged from slurmctld's memory: the cache keeps what the poller and sacct said
-    records = slurm.parse_scontrol_show_job(result.stdout)
-    # The exact record (a plain job or one array task); else the record whose own id was asked for
-    # (sbatch of an array returns the array's id, and its pending tasks share one record).
-    record = next((r for r in records if slurm_id(r) == job_id), None) or next((r for r in records if r.get("JobId") == job_id), None)
+    record = _record_for(slurm.parse_scontrol_show_job(result.stdout), job_id)
     if record is None:
         return None
     return _store(account, slurm_id(record), record)
+
+
+def _record_for(records: list[dict[str, str]], job_id: str) -> dict[str, str] | None:
+    """The exact record (a plain job or one array task); else the record whose own id was asked for
+    (sbatch of an array returns the array's id, and its pending tasks share one record)."""
+    return next((r for r in records if slurm_id(r) == job_id), None) or next((r for r in records if r.get("JobId") == job_id), None)
+
+
+def read_job_request(account: ClusterAccount, job_id: str) -> SubmitRequest | None:
+    """What `scontrol show job` (as the user) says a job asked for, as a request to submit it again: for
+    jobs sbatch'ed outside the portal. None once slurmctld has forgotten the job."""
+    result = _run(account, slurm.scontrol_show_job_argv(job_id))
+    record = _record_for(slurm.parse_scontrol_show_job(result.stdout), job_id) if result.ok else None
+    return SubmitRequest(**slurm.request_fields(record)) if record else None
 
 
 def slurm_id(record: dict[str, str]) -> str:
@@ -94,7 +113,9 @@ def slurm_id(record: dict[str, str]) -> str:
 
 def _store(account: ClusterAccount, job_id: str, r: dict[str, str]) -> Job | None:
     text = slurm._text
-    code, _sig = slurm._exit_code(r.get("ExitCode", ""))
+    code, sig = slurm._exit_code(r.get("ExitCode", ""))
+    # COMPLETING has ended: its exit code is known. Pending and running ones report 0:0, which means nothing yet.
+    ended = r.get("JobState") not in ACTIVE_STATES or r.get("JobState") == "COMPLETING"
     user = r.get("UserId", "").split("(", 1)[0]
     fields = dict(
         array_job_id=slurm._int(r.get("ArrayJobId", "")), array_task_id=text(r.get("ArrayTaskId", "")), posix_user=user,
@@ -106,7 +127,7 @@ def _store(account: ClusterAccount, job_id: str, r: dict[str, str]) -> Job | Non
         cpus=slurm._int(r.get("NumCPUs", "")), gres=text(r.get("JOB_GRES", r.get("TresPerNode", "")))[:255],
         node_list=text(r.get("NodeList", ""))[:1024], work_dir=text(r.get("WorkDir", ""))[:4096],
         stdout_path=text(r.get("StdOut", ""))[:4096], stderr_path=text(r.get("StdErr", ""))[:4096],
-        exit_code=code if r.get("JobState") not in ("PENDING", "RUNNING") else None, last_seen_at=timezone.now(),
+        exit_code=code if ended else None, exit_signal=sig if ended else None, last_seen_at=timezone.now(),
         poll_digest="",  # the next poll writes the row again from squeue
     )
     mem = r.get("MinMemoryNode") or r.get("MinMemoryCPU")
@@ -126,12 +147,19 @@ def submit_job(account: ClusterAccount, request: SubmitRequest, *, actor, client
     options, script_path, stdin = _options(account, request)
     result = _run(account, slurm.sbatch_argv(options, script_path), stdin=stdin, env=options.environment)
     if not result.ok:
-        raise JobActionError(result.error_text())
+        raise JobActionError(slurm.refusal_text(result.stderr) or result.error_text())
     job_id = slurm.parse_sbatch(result.stdout)
     job = sync_job(account, job_id) or Job.objects.get_or_create(
         cluster=account.cluster, job_id=job_id,
         defaults={"owner": account, "posix_user": account.posix_username, "state": "PENDING", "last_seen_at": timezone.now()},
     )[0]
+    # What was asked, for "Resubmit": the validated values, the working directory only if one was given.
+    JobSubmission.objects.update_or_create(job=job, defaults={
+        "options": {name: getattr(options, name) for name in OPTION_FIELDS},
+        "working_directory": options.working_directory if request.working_directory else "",
+        "script_path": script_path or "", "script": request.script if stdin is not None else "",
+        "environment_names": sorted(options.environment),
+    })
     record_event("job.submit", tenant=account.cluster.tenant, actor=actor, target=job, client_address=client_address,
                  data={"cluster": account.cluster.slug, "job_id": job_id, "script_path": script_path or "", "inline": stdin is not None,
                        "posix_user": account.posix_username})
@@ -154,7 +182,10 @@ def output_tail(account: ClusterAccount, job: Job, lines: int) -> str:
         job = sync_job(account, job.job_id) or job
     if not job.stdout_path:
         raise JobActionError("Slurm did not report an output file for this job.", status=404)
-    result = _run(account, ["tail", "-n", str(lines), "--", job.stdout_path])
+    # test -e first: a file that is not there yet (or any more) is not an error of tail's to show.
+    result = _run(account, ["sh", "-c", 'test -e "$2" || exit 3; exec tail -n "$1" -- "$2"', "sh", str(lines), job.stdout_path])
+    if result.returncode == 3 and not result.stdout:
+        raise OutputMissing(f"The output file {job.stdout_path} does not exist yet or any more.", status=404)
     if not result.ok:
         raise JobActionError(result.error_text(), status=404)
     return result.stdout.decode("utf-8", "replace")

@@ -7,13 +7,11 @@ Failed token attempts are throttled per token prefix and per address (accounts/t
 one is answered 429 with Retry-After, before the token is checked.
 """
 
-import base64
 import dataclasses
 import re
 from datetime import datetime
 
 import pydantic
-from django.db.models import Q
 from django.http import Http404
 from ninja import ModelSchema, NinjaAPI, Query, Schema, Status
 from ninja.errors import AuthenticationError, HttpError, ValidationError
@@ -198,6 +196,7 @@ class JobOut(Schema):
     stdout_path: str
     stderr_path: str
     exit_code: int | None
+    exit_signal: int | None  # the signal that ended the job (Slurm ExitCode code:signal), e.g. 15 for a cancelled one
     in_queue: bool
 
     @staticmethod
@@ -296,25 +295,6 @@ def submit(request, cluster_id: int, payload: SubmitIn):
     return Status(201, job)
 
 
-# Newest submissions first. The cursor is the (submit time, pk) of the last row of the page, so a page
-# boundary stays stable while the poller inserts rows. Rows without a submit time sort last.
-def _encode_cursor(job: Job) -> str:
-    stamp = job.submit_time.isoformat() if job.submit_time else ""
-    return base64.urlsafe_b64encode(f"{stamp}|{job.pk}".encode()).decode().rstrip("=")
-
-
-def _after_cursor(jobs, cursor: str):
-    try:
-        stamp, pk = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode().split("|")
-        pk = int(pk)
-        when = datetime.fromisoformat(stamp) if stamp else None
-    except (ValueError, UnicodeDecodeError):
-        raise HttpError(400, "cursor is not valid.") from None
-    if when is None:
-        return jobs.filter(submit_time__isnull=True, pk__lt=pk)
-    return jobs.filter(Q(submit_time__lt=when) | Q(submit_time=when, pk__lt=pk) | Q(submit_time__isnull=True))
-
-
 @api.get("/clusters/{cluster_id}/jobs", response={200: JobPage, **errors(400, 403, 404)}, summary="List jobs (newest first)")
 def list_jobs(request, cluster_id: int, filters: Query[JobFilters]):
     cluster = get_cluster(request, cluster_id)
@@ -324,11 +304,11 @@ def list_jobs(request, cluster_id: int, filters: Query[JobFilters]):
         raise HttpError(403, "Only tenant admins can list other users' jobs.")
     jobs = queries.visible_jobs(request.user, cluster, every_user=bool(filters.user))
     jobs = queries.filter_jobs(jobs, state=filters.state, partition=filters.partition, name=filters.name, posix_user=filters.user)
-    if filters.cursor:
-        jobs = _after_cursor(jobs, filters.cursor)
-    page = list(jobs.order_by(*queries.NEWEST_FIRST)[: filters.limit + 1])
-    next_cursor = _encode_cursor(page[filters.limit - 1]) if len(page) > filters.limit else None
-    return {"items": page[: filters.limit], "next_cursor": next_cursor}
+    try:
+        page, next_cursor = queries.newest_first_page(jobs, filters.cursor, filters.limit)
+    except ValueError:
+        raise HttpError(400, "cursor is not valid.") from None
+    return {"items": page, "next_cursor": next_cursor}
 
 
 @api.get("/clusters/{cluster_id}/jobs/{job_id}", response={200: JobOut, **errors(400, 404)}, summary="One job")

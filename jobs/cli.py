@@ -18,6 +18,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from datetime import datetime
 from pathlib import Path
 
 TIMEOUT = 30
@@ -171,9 +172,54 @@ def cmd_list(args, api):
     emit(args, jobs[: args.limit], JOB_COLUMNS)
 
 
+def slurm_duration(seconds) -> str:
+    """As Slurm writes durations (`2:00:00`, `2-00:00:00`); the CLI has no Django, so this mirrors clusterra/durations.py."""
+    if seconds is None:
+        return "UNLIMITED"
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    days, hours = divmod(hours, 24)
+    if days:
+        return f"{days}-{hours:02d}:{minutes:02d}:{secs:02d}"
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
+
+
+def local_time(stamp: str | None) -> str:
+    """An API time (ISO 8601, UTC) in this machine's time zone."""
+    if not stamp:
+        return "-"
+    return datetime.fromisoformat(stamp.replace("Z", "+00:00")).astimezone().strftime("%Y-%m-%d %H:%M:%S %Z")
+
+
+def describe_exit(job: dict) -> str:
+    if job["state"] not in FINISHED or job.get("exit_code") is None:
+        return "-" if job["state"] not in FINISHED else "not known yet (accounting has not caught up)"
+    text = f"{job['exit_code']}"
+    if job.get("exit_signal"):
+        text += f" (signal {job['exit_signal']})"
+    return text
+
+
 def cmd_show(args, api):
     cluster = pick_cluster(api, args.cluster)
-    emit(args, api.call("GET", f"/clusters/{cluster['id']}/jobs/{urllib.parse.quote(args.job_id)}"))
+    job = api.call("GET", f"/clusters/{cluster['id']}/jobs/{urllib.parse.quote(args.job_id)}")
+    if args.json:
+        print(json.dumps(job, indent=2))
+        return
+    # "Queued" is about the job, not the cache: a finished job stays listed by squeue for a few minutes
+    # (the API's in_queue), but it is not queued any more.
+    queued = "no, it has finished" if job["state"] in FINISHED else ("yes, running" if job["state"] == "RUNNING" else "yes")
+    rows = [
+        ("Job", job["job_id"]), ("Name", job["name"]), ("User", job["user"]), ("Partition", job["partition"]),
+        ("State", job["state"] + (f" ({job['reason']})" if job["reason"] and job["state"] not in FINISHED else "")),
+        ("Exit code", describe_exit(job)), ("Queued", queued),
+        ("Submitted", local_time(job["submit_time"])), ("Started", local_time(job["start_time"])),
+        ("Ended" if job["state"] in FINISHED else "Expected end", local_time(job["end_time"])),
+        ("Time limit", slurm_duration(job["time_limit"])), ("Nodes", job["node_list"] or "-"),
+        ("Working dir", job["work_dir"] or "-"), ("Output", job["stdout_path"] or "-"),
+    ]
+    for label, value in rows:
+        print(f"{label:>12}: {value}")
 
 
 def cmd_cancel(args, api):

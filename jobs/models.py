@@ -3,6 +3,7 @@
 Pages and the API read this table, never Slurm, so a big queue does not slow anyone's page.
 """
 
+from django.conf import settings
 from django.db import models
 
 from accounts.tenancy import scoped_queryset
@@ -34,6 +35,7 @@ class Job(models.Model):
     stdout_path = models.CharField(max_length=4096, blank=True)
     stderr_path = models.CharField(max_length=4096, blank=True)
     exit_code = models.IntegerField(null=True, blank=True)
+    exit_signal = models.IntegerField(null=True, blank=True, help_text="The signal that ended the job (Slurm's ExitCode=code:signal), if any.")
     in_queue = models.BooleanField(default=True, help_text="Still listed by squeue at the last poll.")
     last_seen_at = models.DateTimeField(help_text="When a poll or a job action last wrote what Slurm said. A poll leaves rows "
                                         "that did not change alone: the time of the last poll is QueueSummary.polled_at.")
@@ -44,9 +46,11 @@ class Job(models.Model):
 
     class Meta:
         constraints = [models.UniqueConstraint(fields=["cluster", "job_id"], name="job_id_unique_in_cluster")]
+        # The lists' order (jobs.queries.NEWEST_FIRST: submit time descending with NULLs last, then id) has
+        # indexes of its own, made per database by migration 0005: PostgreSQL needs `NULLS LAST` in the
+        # index, which SQLite cannot declare (its DESC already puts NULLs last). With the id in the index,
+        # the 10,000 tasks of one array, which share a submit time, need no sort.
         indexes = [
-            models.Index(fields=["cluster", "owner", "-submit_time"], name="job_owner_recent"),
-            models.Index(fields=["cluster", "-submit_time"], name="job_cluster_recent"),
             models.Index(fields=["cluster", "in_queue"], name="job_in_queue"),
         ]
 
@@ -99,3 +103,48 @@ class QueueSummary(models.Model):
 
     def __str__(self):
         return f"{self.cluster} at {self.polled_at:%Y-%m-%d %H:%M:%S}"
+
+
+class JobSubmission(models.Model):
+    """What was asked when a job was submitted through the portal (web, API, CLI), kept for "Resubmit".
+
+    The validated request, not what Slurm made of it: an empty time limit stays empty (the partition's
+    default), and an inline script is kept as written (at most jobs.validation.MAX_INLINE_SCRIPT_BYTES).
+    Environment values are not kept (they may hold secrets); only their names, to say so on resubmit.
+    """
+
+    job = models.OneToOneField(Job, on_delete=models.CASCADE, related_name="submission")
+    options = models.JSONField(default=dict, help_text="sbatch options as asked: name, partition, time_limit, nodes, …")
+    working_directory = models.CharField(max_length=4096, blank=True, help_text="Empty: the script's directory (or home).")
+    script_path = models.CharField(max_length=4096, blank=True)
+    script = models.TextField(blank=True, help_text="The inline script, when there was no script path.")
+    environment_names = models.JSONField(default=list, blank=True)
+    submitted_at = models.DateTimeField(auto_now_add=True)
+
+    objects = scoped_queryset("job__cluster__tenant").as_manager()
+
+    def __str__(self):
+        return f"submission of {self.job.job_id}"
+
+
+class JobTemplate(models.Model):
+    """A user's saved submission on one cluster: sbatch options and a script path or an inline script."""
+
+    cluster = models.ForeignKey("clusters.Cluster", on_delete=models.CASCADE, related_name="job_templates")
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="job_templates")
+    name = models.CharField(max_length=100)
+    options = models.JSONField(default=dict, help_text="sbatch options: name, partition, time_limit, nodes, …")
+    working_directory = models.CharField(max_length=4096, blank=True)
+    script_path = models.CharField(max_length=4096, blank=True)
+    script = models.TextField(blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    objects = scoped_queryset("cluster__tenant").as_manager()
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["cluster", "owner", "name"], name="job_template_name_unique")]
+        ordering = ["name"]
+
+    def __str__(self):
+        return self.name

@@ -103,8 +103,12 @@ def refresh_jobs(cluster: Cluster) -> PollResult:
             gone += Job.objects.filter(pk__in=chunk).select_related("owner")
             Job.objects.filter(pk__in=chunk).update(in_queue=False)
         _store_summary(cluster, now, len(seen), others)
-    if gone:
-        finish_from_accounting(cluster, gone)
+    # Jobs that ended but are still listed (squeue shows them for MinJobAge, 5 min by default) get their exit
+    # code now, not when they leave the queue: squeue has no exit code, sacct has.
+    ended = list(Job.objects.filter(cluster=cluster, in_queue=True, exit_code__isnull=True)
+                 .exclude(state__in=ACTIVE_STATES).select_related("owner").order_by("pk")[:_CHUNK])
+    if gone or ended:
+        finish_from_accounting(cluster, gone + ended)
     return PollResult(len(seen), len(gone), result.seconds, jobs_written=len(changed), other_jobs=sum(others.values()))
 
 
@@ -120,7 +124,7 @@ def _digest(f: list[str], owner_id: int) -> str:
 
 
 # The fields a poll writes; on a new row also the ones only job actions and sacct fill in.
-_INSERT_ONLY = {"gres": "", "stdout_path": "", "stderr_path": "", "exit_code": None}
+_INSERT_ONLY = {"gres": "", "stdout_path": "", "stderr_path": "", "exit_code": None, "exit_signal": None}
 _COLUMNS = ["cluster", "job_id", *_UPDATE_FIELDS, *_INSERT_ONLY]
 
 
@@ -187,9 +191,14 @@ def finish_from_accounting(cluster: Cluster, jobs: list[Job]) -> None:
             record = final.get(job.job_id)
             if record is None or record.state in ACTIVE_STATES:
                 continue  # accounting lags behind the controller: keep the queue's last word until it catches up
+            # An exit code already cached came from scontrol, slurmctld's own word while it held the job; sacct's
+            # allocation line says 0:0 for a job cancelled while it ran, where scontrol said 0:15 (SIGTERM).
+            known = job.exit_code is not None
             Job.objects.filter(pk=job.pk).update(
                 state=record.state, start_time=record.start_time or job.start_time, end_time=record.end_time,
-                exit_code=record.exit_code, node_list=record.node_list[:1024] or job.node_list,
+                exit_code=job.exit_code if known else record.exit_code,
+                exit_signal=job.exit_signal if known else record.exit_signal,
+                node_list=record.node_list[:1024] or job.node_list,
             )
 
 

@@ -239,6 +239,28 @@ def sbatch_argv(options: SubmitOptions, script_path: str | None = None) -> list[
     return argv
 
 
+_CLIENT_PREFIX = re.compile(r"^(?:sbatch|srun|salloc|scancel|scontrol): (?:error: |fatal: )?", re.IGNORECASE)
+_SUBMISSION_FAILED = re.compile(r"^Batch job submission failed: ", re.IGNORECASE)
+
+
+def refusal_text(output: bytes | str) -> str:
+    """sbatch's complaint in words, said once: `sbatch: error: invalid partition specified: x` and
+    `sbatch: error: Batch job submission failed: Invalid partition name specified` become
+    "Invalid partition name specified (invalid partition specified: x)"."""
+    text = decode(output) if isinstance(output, bytes) else output
+    lines: list[str] = []
+    for line in text.splitlines():
+        line = _CLIENT_PREFIX.sub("", line.strip()).strip()
+        if line and line.lower() not in (seen.lower() for seen in lines):
+            lines.append(line)
+    # The final "submission failed" line is Slurm's verdict; the lines before it are the details.
+    verdicts = [_SUBMISSION_FAILED.sub("", line) for line in lines if _SUBMISSION_FAILED.match(line)]
+    details = [line for line in lines if not _SUBMISSION_FAILED.match(line)]
+    if verdicts:
+        return verdicts[-1] + (f" ({'; '.join(details)})" if details else "")
+    return "; ".join(details)
+
+
 def parse_sbatch(output: bytes) -> str:
     """`--parsable` prints `jobid` or `jobid;cluster`."""
     text = decode(output).strip()
@@ -276,6 +298,29 @@ def parse_scontrol_show_job(output: bytes) -> list[dict[str, str]]:
     return [parse_scontrol_record(block) for block in blocks if block.strip()]
 
 
+def request_fields(record: dict[str, str]) -> dict:
+    """The submit options a job's `scontrol show job` record shows, named as in jobs.actions.SubmitRequest.
+
+    Command= is the script's path for a job submitted by path ("(null)" for a script on standard input).
+    Left out: the array (a task's record no longer shows the whole range), the dependency (already met or
+    about to be), and memory per CPU (the form asks for memory per node).
+    """
+    def value(key: str) -> str | None:
+        return _text(record.get(key, "").strip()) or None
+
+    command, gres = value("Command"), value("TresPerJob") or ""
+    memory = value("MinMemoryNode")
+    return {
+        "script_path": command if command and command.startswith("/") else None,
+        "working_directory": value("WorkDir"), "name": value("JobName"), "partition": value("Partition"),
+        "time_limit": value("TimeLimit") if parse_duration(record.get("TimeLimit", "")) is not None else None,
+        "nodes": _int(record.get("NumNodes", "")), "ntasks": _int(record.get("NumTasks", "")),
+        "cpus_per_task": _int(record.get("CPUs/Task", "")), "memory": memory if memory not in (None, "0") else None,
+        "gpus": gres.removeprefix("gres:gpu:") if gres.startswith("gres:gpu:") and gres != "gres:gpu:0" else None,
+        "account": value("Account"), "qos": value("QOS"),
+    }
+
+
 # --- scancel -------------------------------------------------------------------------------------
 def scancel_argv(job_id: str) -> list[str]:
     return ["scancel", job_id]
@@ -308,14 +353,23 @@ class AccountedJob:
 
 
 def sacct_argv(job_ids: list[str]) -> list[str]:
-    return ["sacct", "--allocations", "--noheader", "--parsable2", f"--delimiter={SEP}",
+    """With the jobs' steps: a job cancelled while it ran says ExitCode 0:0 on its own line and 0:15 (the
+    SIGTERM) on its batch step's; parse_sacct takes the step's signal."""
+    return ["sacct", "--noheader", "--parsable2", f"--delimiter={SEP}",
             "--format=" + ",".join(SACCT_FIELDS), "--jobs=" + ",".join(job_ids)]
 
 
 def parse_sacct(output: bytes) -> list[AccountedJob]:
-    jobs = []
+    """One AccountedJob per job (steps such as `123.batch` are folded into their job, not returned)."""
+    jobs: list[AccountedJob] = []
+    batch_exits: dict[str, tuple[int | None, int | None]] = {}
     for f in _split_records(decode(output), len(SACCT_FIELDS)):
         code, sig = _exit_code(f[3])
+        if "." in f[0]:
+            job_id, step = f[0].rsplit(".", 1)
+            if step == "batch":
+                batch_exits[job_id] = (code, sig)
+            continue
         jobs.append(AccountedJob(
             job_id=f[0], job_id_raw=f[1], state=f[2].split(" ", 1)[0],  # "CANCELLED by 1001" → CANCELLED
             exit_code=code, exit_signal=sig, submit_time=parse_epoch(f[4]), start_time=parse_epoch(f[5]),
@@ -323,6 +377,10 @@ def parse_sacct(output: bytes) -> list[AccountedJob]:
             nodes=_int(f[9]), cpus=_int(f[10]), node_list=_text(f[11]), partition=f[12], user=f[13],
             work_dir=_text(f[14]), name=f[15],
         ))
+    for job in jobs:
+        step_code, step_signal = batch_exits.get(job.job_id, (None, None))
+        if step_signal and not job.exit_signal and not job.exit_code:
+            job.exit_code, job.exit_signal = step_code, step_signal
     return jobs
 
 

@@ -8,6 +8,9 @@ import re
 
 MAX_INLINE_SCRIPT_BYTES = 256 * 1024
 MAX_PATH = 4096
+MAX_NAME = 200
+# The largest node, task and CPU-per-task counts a request may ask for (the web form's max= too).
+MAX_COUNTS = {"nodes": 10_000, "ntasks": 1_000_000, "cpus_per_task": 10_000}
 
 _SLURM_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.+-]{0,63}$")  # partition, account, qos
 _TIME = re.compile(r"^(UNLIMITED|\d{1,7}|\d{1,7}:\d{2}(:\d{2})?|\d{1,4}-\d{1,2}(:\d{2}(:\d{2})?)?)$")
@@ -33,7 +36,9 @@ def clean_path(field: str, raw: str, allowed_roots: list[str]) -> str:
     """An absolute, normalised path inside one of `allowed_roots`."""
     if not isinstance(raw, str) or not raw:
         raise JobRequestError(field, "is required.")
-    if "\x00" in raw or "\n" in raw or len(raw) > MAX_PATH:
+    if len(raw) > MAX_PATH:
+        raise JobRequestError(field, f"is {len(raw)} characters long; paths are limited to {MAX_PATH}.")
+    if "\x00" in raw or "\n" in raw:
         raise JobRequestError(field, "is not a valid path.")
     if not raw.startswith("/"):
         raise JobRequestError(field, f"must be an absolute path, got {raw!r}.")
@@ -69,8 +74,10 @@ def clean_count(field: str, value, maximum: int):
 def clean_name(value):
     if value is None or value == "":
         return None
-    if len(value) > 200 or any(ord(c) < 32 or ord(c) == 127 for c in value):
-        raise JobRequestError("name", "must be at most 200 characters without control characters.")
+    if len(value) > MAX_NAME:
+        raise JobRequestError("name", f"is {len(value)} characters long; job names are limited to {MAX_NAME}.")
+    if any(ord(c) < 32 or ord(c) == 127 for c in value):
+        raise JobRequestError("name", "must not contain control characters (such as a tab or a newline).")
     return value
 
 
@@ -112,3 +119,10 @@ PATTERNS = {
     "array": (_ARRAY, "0-9%2"),
     "dependency": (_DEPENDENCY, "afterok:123"),
 }
+
+
+def html_pattern(pattern: re.Pattern) -> str:
+    """`pattern` for an HTML pattern= attribute, which browsers compile with JavaScript's `v` flag
+    (anchored for them): there a `-` inside a character class must be escaped."""
+    source = pattern.pattern.removeprefix("^").removesuffix("$")
+    return source.replace("-]", "\\-]")

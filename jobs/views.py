@@ -1,19 +1,19 @@
-"""Job pages: lists and details read the cache; submit and cancel go through jobs.actions."""
+"""Job pages: lists and details read the cache; cancel goes through jobs.actions (submitting: jobs/composer.py)."""
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
+from django.http import Http404
 from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_POST
 
 from accounts.tenancy import get_visible_or_404
 from clusters.models import Cluster, ClusterAccount
-from jobs import actions, pollstate, queries, slurm, validation
-from jobs.forms import SubmitForm
-from jobs.models import Partition, QueueSummary
+from jobs import actions, pollstate, queries, slurm
+from jobs.models import QueueSummary
 
-PAGE_SIZE = 100
+PAGE_SIZE = 50  # as Open OnDemand's Active Jobs; older ones on the next pages
 
 
 def _context(request, tenant_slug, cluster_slug):
@@ -35,12 +35,20 @@ def job_list(request, tenant_slug, cluster_slug):
     scope = "all" if request.GET.get("scope") == "all" and is_admin else "mine"
     filters = {k: request.GET.get(k, "").strip() for k in ("state", "partition", "name", "user")}
     jobs = queries.filter_jobs(
-        queries.visible_jobs(request.user, cluster, every_user=scope == "all"), state=filters["state"],
+        queries.visible_jobs(request.user, cluster, every_user=scope == "all", is_admin=is_admin, account=account), state=filters["state"],
         partition=filters["partition"], name=filters["name"], posix_user=filters["user"] if scope == "all" else None,
     )
+    cursor = request.GET.get("cursor", "")
+    try:
+        page, next_cursor = queries.newest_first_page(jobs, cursor, PAGE_SIZE)
+    except ValueError:
+        raise Http404("No such page of jobs.") from None
+    without_cursor = request.GET.copy()
+    without_cursor.pop("cursor", None)
     context = {
         "cluster": cluster, "tenant": cluster.tenant, "account": account, "is_admin": is_admin, "scope": scope,
-        "filters": filters, "jobs": jobs.order_by(*queries.NEWEST_FIRST)[:PAGE_SIZE], "query": request.GET.urlencode(),
+        "filters": filters, "jobs": page, "query": request.GET.urlencode(), "first_page_query": without_cursor.urlencode(),
+        "next_cursor": next_cursor, "is_first_page": not cursor,
         # Jobs of people outside the tenant are not listed, only counted.
         "summary": QueueSummary.objects.filter(cluster=cluster).first() if scope == "all" else None,
     }
@@ -49,15 +57,36 @@ def job_list(request, tenant_slug, cluster_slug):
     return render(request, template, context)
 
 
-def _output_tail(account, job, poll_state, lines=200) -> str:
+def _output(account, job, poll_state, lines=200) -> dict:
+    """The output panel: {"text": the file's last lines, "note": why there are none, in words}."""
     if account is None or account.state != ClusterAccount.State.ACTIVE:
-        return ""
+        return {"text": "", "note": "You have no active account on this cluster to read the output with."}
+    if job.state == "PENDING" or (job.start_time is None and job.state in queries.ACTIVE_STATES):
+        return {"text": "", "note": "No output yet: the job has not started."}
     if poll_state and poll_state.failing and not job.stdout_path:
-        return f"[{poll_state.error}]"  # finding the file needs Slurm: do not wait ~20 s for it to time out again
+        return {"text": "", "note": poll_state.error}  # finding the file needs Slurm: do not wait ~20 s for it to time out again
     try:
-        return actions.output_tail(account, job, lines)
+        text = actions.output_tail(account, job, lines)
+    except actions.OutputMissing:
+        if job.state in queries.ACTIVE_STATES:
+            return {"text": "", "note": "No output yet: the job has not written its output file."}
+        return {"text": "", "note": f"The output file {job.stdout_path} is not there any more (moved or deleted)."}
     except (actions.JobActionError, slurm.SlurmUnavailable) as exc:
-        return f"[{exc}]"
+        return {"text": "", "note": str(exc)}
+    return {"text": text, "note": "" if text else "The output file is empty so far."}
+
+
+def _refreshed(account, job, poll_state):
+    """The job as Slurm has it now, for the viewer's own job while Slurm still holds it: the cached row is
+    updated too, so the list never contradicts this page (state, exit code, output file of a job submitted
+    from the terminal, which squeue does not report)."""
+    if (account is None or account.state != ClusterAccount.State.ACTIVE or job.owner_id != account.pk
+            or (poll_state and poll_state.failing) or not (job.in_queue or not job.stdout_path)):
+        return job
+    try:
+        return actions.sync_job(account, job.job_id) or job
+    except (actions.JobActionError, slurm.SlurmUnavailable):
+        return job  # the cache's word; the Slurm status banner says why
 
 
 def _slurm_unavailable(request, cluster, exc, back_url):
@@ -72,10 +101,11 @@ def job_detail(request, tenant_slug, cluster_slug, job_id):
     job = queries.job_for(request.user, cluster, job_id)
     terminal_url = reverse("terminal:page", args=[tenant_slug, cluster_slug])
     poll_state = pollstate.read(cluster)
+    job = _refreshed(account, job, poll_state)
     context = {
         "cluster": cluster, "tenant": cluster.tenant, "account": account, "job": job, "is_admin": is_admin,
-        "active": job.state in queries.ACTIVE_STATES, "output": _output_tail(account, job, poll_state), "poll_state": poll_state,
-        "can_cancel": job.owner is not None and job.owner.user_id == request.user.pk and job.state in queries.ACTIVE_STATES,
+        "active": job.state in queries.ACTIVE_STATES, "output": _output(account, job, poll_state), "poll_state": poll_state,
+        "can_cancel": account is not None and job.owner_id == account.pk and job.state in queries.CANCELLABLE_STATES,
         "terminal_url": f"{terminal_url}?cwd={job.work_dir}" if job.work_dir else terminal_url,
     }
     template = "jobs/_job_panel.html" if request.headers.get("HX-Request") else "jobs/job_detail.html"
@@ -95,30 +125,3 @@ def job_cancel(request, tenant_slug, cluster_slug, job_id):
     except actions.JobActionError as exc:
         messages.error(request, f"Slurm refused: {exc}")
     return redirect("jobs:detail", tenant_slug, cluster_slug, job.job_id)
-
-
-@login_required
-def job_submit(request, tenant_slug, cluster_slug):
-    cluster, account, _is_admin = _context(request, tenant_slug, cluster_slug)
-    account = _active_account(account)
-    initial = {"script_path": cluster.home_directory(account.posix_username) + "/"}
-    form = SubmitForm(request.POST or None, initial=initial)
-    status = 200
-    if request.method == "POST" and form.is_valid():
-        data = {k: (v if v not in ("", None) else None) for k, v in form.cleaned_data.items()}
-        try:
-            job = actions.submit_job(account, actions.SubmitRequest(**data), actor=request.user,
-                                     client_address=request.META.get("REMOTE_ADDR"))
-        except validation.JobRequestError as exc:
-            form.add_error(exc.field if exc.field in form.fields else None, exc.message)
-        except actions.JobActionError as exc:
-            form.add_error(None, f"Slurm refused: {exc}")
-        except slurm.SlurmUnavailable as exc:
-            form.add_error(None, f"{exc}. Nothing was submitted; try again in a minute.")
-            status = 503
-        else:
-            messages.success(request, f"Submitted job {job.job_id}.")
-            return redirect("jobs:detail", tenant_slug, cluster_slug, job.job_id)
-    partitions = Partition.objects.filter(cluster=cluster)
-    return render(request, "jobs/submit.html", {"cluster": cluster, "tenant": cluster.tenant, "form": form, "partitions": partitions},
-                  status=status)

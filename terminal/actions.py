@@ -7,6 +7,7 @@ TerminalSession rows.
 import logging
 import posixpath
 import time
+from datetime import timedelta
 
 from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
@@ -106,9 +107,26 @@ def attach_backend_session(session: TerminalSession, backend_session_id: str) ->
     session.backend_session_id = backend_session_id
 
 
+def record_detach(session: TerminalSession, *, grace: int) -> None:
+    """The browser went away (tab closed, connection dropped): the shell waits `grace` seconds for a reattach.
+
+    Stored on the row so that session lists can say "detached, reattachable for …" instead of "live".
+    """
+    now = timezone.now()
+    until = now + timedelta(seconds=grace)
+    if not TerminalSession.objects.filter(pk=session.pk, ended_at__isnull=True).update(detached_at=now, reattach_until=until):
+        return  # it ended meanwhile
+    session.detached_at, session.reattach_until = now, until
+    record_event("terminal.session.detach", tenant=session.cluster.tenant, actor=session.user, target=session,
+                 data={"cluster": session.cluster.slug, "reattach_grace": grace})
+
+
 def record_reattach(session: TerminalSession, *, client_address: str | None, took_over: bool = False) -> None:
     """A browser attached to a live session: after a dropped connection or a reload (reattach), or while
     another browser still had it, which is then disconnected (takeover)."""
+    if session.detached_at is not None:
+        TerminalSession.objects.filter(pk=session.pk).update(detached_at=None, reattach_until=None)
+        session.detached_at = session.reattach_until = None
     record_event(
         "terminal.session.takeover" if took_over else "terminal.session.reattach", tenant=session.cluster.tenant,
         actor=session.user, target=session, client_address=client_address, data={"cluster": session.cluster.slug},

@@ -22,6 +22,7 @@ from channels.layers import get_channel_layer
 from django.conf import settings
 
 from clusterra import metrics
+from clusterra.durations import duration_words
 from terminal import actions, processes, protocol
 from terminal.backends.base import SessionBackend
 from terminal.models import TerminalSession
@@ -72,6 +73,7 @@ class LiveSession:
         self._groups: list[str] = []
         self._tasks: list[asyncio.Task] = []
         self._grace_task: asyncio.Task | None = None
+        self._detach_recorded: asyncio.Task | None = None  # writing the detach time to the row
         self._end_task: asyncio.Task | None = None
         self._counted_live = False  # in the live-sessions gauge (the shell started)
         loop = asyncio.get_running_loop()
@@ -160,6 +162,9 @@ class LiveSession:
         took_over = previous is not None and previous is not consumer
         if took_over:
             await previous.taken_over()
+        if self._detach_recorded is not None:  # the detach is written first, so the reattach clears it after
+            await self._detach_recorded
+            self._detach_recorded = None
         await database_sync_to_async(actions.record_reattach)(self.session, client_address=client_address,
                                                              took_over=took_over)
         # No await from here on: the snapshot and the switch to `consumer` happen at the same point.
@@ -180,9 +185,16 @@ class LiveSession:
 
         async def wait_for_reattach():
             await asyncio.sleep(grace)
-            self.end_soon(Reason.CLOSED, f"The browser did not come back within {grace} s.")
+            self.end_soon(Reason.CLOSED, f"The browser did not come back within {duration_words(grace)}.")
+
+        async def record_detach():  # session lists show "detached, reattachable for …" from the row
+            try:
+                await database_sync_to_async(actions.record_detach)(self.session, grace=grace)
+            except Exception:
+                logger.exception("terminal session %s: recording the detach failed", self.key)
 
         self._grace_task = asyncio.create_task(wait_for_reattach())
+        self._detach_recorded = asyncio.create_task(record_detach())
 
     # --- browser → shell ------------------------------------------------------------------------
     def write(self, data: bytes) -> bool:
@@ -245,7 +257,7 @@ class LiveSession:
             if now >= max_deadline:
                 return self.end_soon(Reason.MAX_DURATION, "The session reached its maximum duration.")
             if now >= idle_deadline:
-                return self.end_soon(Reason.IDLE, f"No input for {cluster.idle_timeout} s.")
+                return self.end_soon(Reason.IDLE, f"No input for {duration_words(cluster.idle_timeout)}.")
             if not max_warned and now >= max_warn_at:
                 max_warned = True
                 await self._warn(type="warning", reason="max_duration", seconds_left=round(max_deadline - now))

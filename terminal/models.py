@@ -4,8 +4,10 @@ import uuid
 
 from django.conf import settings
 from django.db import models
+from django.utils import timezone
 
 from accounts.tenancy import scoped_queryset
+from clusterra.durations import duration_words
 
 
 class PortalProcess(models.Model):
@@ -67,6 +69,10 @@ class TerminalSession(models.Model):
     # checks these every second, so a lost message (a Redis blip) delays a revocation but never drops it.
     revoke_requested_at = models.DateTimeField(null=True, blank=True)
     revoke_message = models.CharField(max_length=500, blank=True)
+    # The browser tab went away but the shell waits for a reattach until `reattach_until`
+    # (TERMINAL_REATTACH_GRACE after `detached_at`); both are cleared when a browser attaches again.
+    detached_at = models.DateTimeField(null=True, blank=True)
+    reattach_until = models.DateTimeField(null=True, blank=True)
 
     objects = scoped_queryset("cluster__tenant").as_manager()
 
@@ -83,6 +89,28 @@ class TerminalSession(models.Model):
     @property
     def is_live(self) -> bool:
         return self.ended_at is None
+
+    @property
+    def is_detached(self) -> bool:
+        """Live, but no browser is attached: its tab closed or its connection dropped."""
+        return self.ended_at is None and self.detached_at is not None
+
+    def reattach_seconds_left(self, now=None) -> int:
+        """Whole seconds left to reattach a detached session (0 once the window has passed)."""
+        if not self.is_detached or self.reattach_until is None:
+            return 0
+        return max(0, int((self.reattach_until - (now or timezone.now())).total_seconds()))
+
+    @property
+    def live_state(self) -> str:
+        """How a session reads in lists while it has not ended: "live" while a browser is attached, else
+        "detached, reattachable for 45 seconds" (computed now, so each page load counts down)."""
+        if self.ended_at is not None:
+            return ""
+        if not self.is_detached:
+            return "live"
+        left = self.reattach_seconds_left()
+        return f"detached, reattachable for {duration_words(left)}" if left else "detached, ending"
 
 
 class SessionLog(models.Model):

@@ -1,3 +1,6 @@
+import uuid
+from urllib.parse import urlencode
+
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
@@ -22,6 +25,9 @@ def terminal_page(request, tenant_slug, cluster_slug):
     if request.GET.get("renderer") in User.Renderer.values:
         set_terminal_renderer(request.user, request.GET["renderer"])
     cluster_url = reverse("clusters:detail", args=[tenant_slug, cluster_slug])
+    attach = _reattachable_session(request, cluster)
+    # "New session" must not carry ?attach=: it starts a fresh shell.
+    new_session_url = f"{request.path}?{urlencode({k: v for k, v in request.GET.items() if k != 'attach'})}".rstrip("?")
     return render(request, "terminal/terminal.html", {
         "tenant": cluster.tenant,
         "cluster": cluster,
@@ -29,9 +35,29 @@ def terminal_page(request, tenant_slug, cluster_slug):
         "ws_path": f"/ws/t/{tenant_slug}/c/{cluster_slug}/terminal/",
         "renderer": request.user.terminal_renderer,
         "cwd": request.GET.get("cwd", ""),
-        "new_session_url": request.get_full_path(),
+        "new_session_url": new_session_url,
+        # ?attach=<session id> (the dashboard's Reattach link): the page reattaches to that shell, through the
+        # process holding it (its worker id), instead of opening a new one.
+        "attach_id": str(attach.pk) if attach else "",
+        "attach_worker": attach.owner.worker if attach and attach.owner_id else "",
         "cluster_url": cluster_url,
     })
+
+
+def _reattachable_session(request, cluster) -> TerminalSession | None:
+    """The user's own live session on this cluster named by ?attach=, or None (with a note if it has ended)."""
+    raw = request.GET.get("attach")
+    if not raw:
+        return None
+    try:
+        session_id = uuid.UUID(raw)
+    except ValueError:
+        session_id = None
+    session = session_id and (TerminalSession.objects.filter(pk=session_id, user=request.user, cluster=cluster,
+                                                             ended_at__isnull=True).select_related("owner").first())
+    if not session:
+        messages.info(request, "That terminal session has ended; this is a new one.")
+    return session or None
 
 
 def _administered_tenant(request, tenant_slug) -> Tenant:

@@ -1,9 +1,11 @@
 """The `clusterra` console script, as installed, against a live daphne and the live Slurm."""
 
 import json
+import re
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -66,6 +68,14 @@ def test_cli_round_trip(cli, slurm_cast):
     assert followed.stdout == "line1\nline2\n"
     shown = json.loads(cli("--json", "job", "show", job_id).stdout)
     assert shown["name"] == "from cli" and shown["partition"] == "batch"
+    # For people: the exit code once the poller has it from accounting (the job is still listed by squeue
+    # for MinJobAge, so "queued" is read from its state), the time limit as Slurm writes it.
+    deadline = time.monotonic() + 30
+    while "Exit code: 0\n" not in (human := cli("job", "show", job_id).stdout):
+        assert time.monotonic() < deadline, human
+        time.sleep(0.5)
+    assert "Queued: no, it has finished" in human and "State: COMPLETED" in human
+    assert re.search(r"Time limit: (UNLIMITED|[0-9:-]+)\n", human) and "Output: " + c.posix.pw_dir in human
     table = cli("job", "list", "--name", "from cli").stdout.splitlines()
     assert table[0].split()[:3] == ["JOBID", "NAME", "USER"] and table[1].split()[0] == job_id  # newest first
 

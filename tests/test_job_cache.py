@@ -18,7 +18,6 @@ from jobs import slurm
 from jobs.actions import sync_job
 from jobs.models import Job, QueueSummary
 from jobs.services import refresh_jobs
-from jobs.templatetags.slurm_format import slurm_duration
 from tests.conftest import PASSWORD, _ensure_posix_user
 
 pytestmark = [pytest.mark.django_db]
@@ -40,11 +39,6 @@ def as_user(account: ClusterAccount, *argv: str) -> None:
 
 def job_writes(queries) -> list[str]:
     return [q["sql"] for q in queries if re.match(r'\s*(INSERT INTO|UPDATE) "jobs_job"', q["sql"])]
-
-
-def test_slurm_duration_is_written_as_slurm_writes_it():
-    assert [slurm_duration(s) for s in (5, 1800, 7200, 2 * 86400, 86400 + 3661, None)] == [
-        "0:05", "30:00", "2:00:00", "2-00:00:00", "1-01:01:01", "UNLIMITED"]
 
 
 # --- a poll writes only new and changed rows ---------------------------------------------------------

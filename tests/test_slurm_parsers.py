@@ -63,6 +63,12 @@ def test_sacct():
     assert jobs["6_[1-3%2]"].job_id_raw == "6"
 
 
+def test_sacct_takes_the_signal_of_a_cancelled_job_from_its_batch_step():
+    """Real output: 63 cancelled while pending, 64 cancelled while running (0:0 on its line, 0:15 on 64.batch)."""
+    jobs = slurm.parse_sacct(fixture("sacct_steps.out"))
+    assert [(j.job_id, j.state, j.exit_code, j.exit_signal) for j in jobs] == [("63", "CANCELLED", 0, 0), ("64", "CANCELLED", 0, 15)]
+
+
 def test_sinfo():
     partitions = slurm.parse_sinfo(fixture("sinfo.out"))
     assert [(p.name, p.is_default, p.available) for p in partitions] == [("debug", True, True), ("batch", False, True)]

@@ -76,7 +76,7 @@ async def test_session_ends_when_the_browser_does_not_come_back(cast, settings):
         if row.ended_at is not None:
             break
         await asyncio.sleep(0.1)
-    assert row.end_reason == "closed" and row.end_message == "The browser did not come back within 1 s."
+    assert row.end_reason == "closed" and row.end_message == "The browser did not come back within 1 second."
     assert session_pids(sid) == []
     late, status = TerminalClient(cast.bob, terminal_path(attach=str(row.pk))), None
     assert await late.connect()

@@ -36,7 +36,7 @@ def main_nav(context):
     if request is None or not request.user.is_authenticated:
         return {"links": []}
     targets = _nav_targets(request)
-    links = [("Clusters", reverse("home")), ("Jobs", targets["jobs_url"])]
+    links = [("Dashboard", reverse("home")), ("Jobs", targets["jobs_url"])]
     if targets["sessions_url"]:
         links.append(("My sessions", targets["sessions_url"]))
     several = len(targets["admin_of"]) > 1

@@ -3,7 +3,7 @@
 from django import template
 from django.utils.html import format_html, format_html_join
 
-from jobs.templatetags.slurm_format import slurm_duration
+from clusterra.durations import slurm_duration
 
 register = template.Library()
 
@@ -50,7 +50,8 @@ def offset(seconds) -> str:
 
 @register.filter
 def session_duration(session) -> str:
-    """How long a session lasted, as Slurm writes durations; "live" while it runs."""
+    """How long a session lasted, as Slurm writes durations; while it runs "live", or "detached, reattachable
+    for …" once its tab has closed (TerminalSession.live_state)."""
     if session.ended_at is None:
-        return "live"
+        return session.live_state
     return slurm_duration(max(0, int((session.ended_at - session.started_at).total_seconds())))

@@ -27,6 +27,8 @@ const newSessionLink = root.querySelector(".terminal-new");
 const config = {
   wsPath: root.dataset.wsPath,
   cwd: root.dataset.cwd || "",
+  attach: root.dataset.attach || "", // ?attach=<id>: reattach to that session (the dashboard's Reattach link)
+  attachWorker: root.dataset.attachWorker || "",
   posixUser: root.dataset.posixUser || "",
   renderer: new URLSearchParams(location.search).get("renderer") === "dom" ? "dom" : root.dataset.renderer || "auto",
 };
@@ -100,14 +102,22 @@ function setStatus(state, text) {
   statusEl.textContent = text;
 }
 
+// "1 minute 5 seconds", as clusterra/durations.py duration_words writes it.
+function inWords(secs) {
+  const unit = (n, name) => `${n} ${name}${n === 1 ? "" : "s"}`;
+  const minutes = Math.floor(secs / 60), seconds = secs % 60;
+  if (!minutes) return unit(seconds, "second");
+  return seconds ? `${unit(minutes, "minute")} ${unit(seconds, "second")}` : unit(minutes, "minute");
+}
+
 let bannerTimer = 0;
 function showWarning(msg) {
   const deadline = Date.now() + Math.max(0, Number(msg.seconds_left) || 0) * 1000;
   const render = () => {
     const secs = Math.max(0, Math.ceil((deadline - Date.now()) / 1000));
     bannerText.textContent = msg.reason === "idle"
-      ? `Session closes in ${secs} s unless you type`
-      : `Session reaches its maximum duration in ${secs} s`;
+      ? `Session closes in ${inWords(secs)} unless you type`
+      : `Session reaches its maximum duration in ${inWords(secs)}`;
   };
   clearInterval(bannerTimer);
   render();
@@ -186,6 +196,12 @@ function handleStatus(s, msg) {
     s.worker = WORKER_ID.test(msg.worker || "") ? msg.worker : null;
     s.ackThreshold = Math.min(ACK_THRESHOLD, Number(msg.low_watermark) || ACK_THRESHOLD);
     remembered.set(s.sessionId, s.grace, s.worker);
+    if (config.attach && new URLSearchParams(location.search).has("attach")) {
+      // From here on this tab remembers the session itself; a later reload must not name it again.
+      const url = new URL(location.href);
+      url.searchParams.delete("attach");
+      history.replaceState(null, "", url);
+    }
     if (msg.reattached) {
       // The server replays its recent output next: start from a clean screen, after what is queued.
       term.write("", () => term.reset());
@@ -395,6 +411,7 @@ window.clusterraTerminal = {
 
 fitNow(); // the first fit decides the cols/rows sent in the URL
 // A reload of this tab reattaches to its live session; "Open terminal here" (a cwd) starts a new one.
-const previous = config.cwd ? null : remembered.get();
+const previous = config.attach ? { id: config.attach, worker: config.attachWorker || null }
+  : config.cwd ? null : remembered.get();
 connect(previous ? previous.id : null, { onPageLoad: Boolean(previous), worker: previous ? previous.worker : null });
 term.focus();

@@ -15,6 +15,7 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
 from accounts.issuer import RUN_AS_TAG
+from clusterra.durations import duration_words
 from clusters.aws import AwsError, SsmSettings, auditor_subject, poller_subject, provisioner_subject, ssm_settings
 from clusters.models import Cluster
 
@@ -178,10 +179,10 @@ def session_document(cluster: Cluster, s: SsmSettings) -> tuple[dict, list[str]]
     longest, max_clamped = _minutes(cluster.max_session_duration, 1, 1440)
     if idle_clamped:
         notes.append(f"idleSessionTimeout clamped to {idle} min (Session Manager allows 1–60); the portal still applies "
-                     f"its own idle timeout of {cluster.idle_timeout} s.")
+                     f"its own idle timeout of {duration_words(cluster.idle_timeout)}.")
     if max_clamped:
         notes.append(f"maxSessionDuration clamped to {longest} min (Session Manager allows 1–1440); the portal still "
-                     f"applies its own limit of {cluster.max_session_duration} s.")
+                     f"applies its own limit of {duration_words(cluster.max_session_duration)}.")
     # Session document schema: AWS SSM User Guide, "Session document schema" (session-manager-schema);
     # the two timeouts are strings of minutes, as in SSM-SessionManagerRunShell.
     content = {
