@@ -51,6 +51,7 @@ def test_compose_save_template_submit_and_resubmit(slurm_cast, live_daphne, tmp_
 def _compose_and_resubmit(page, base, c, template_name, tmp_path):
     page.goto(f"{base}{SUBMIT}")
     assert page.evaluate(_NO_SIDEWAYS_SCROLL), f"the composer scrolls sideways at {page.viewport_size}"
+    page.screenshot(path=str(tmp_path / f"composer-{page.viewport_size['width']}.png"), full_page=True)  # to look at
     # Patterns the browser could not compile would be ignored: each must accept and refuse like the server.
     for field, (good, bad) in _SAMPLES.items():
         mismatch = page.evaluate("([id, value]) => { const input = document.getElementById(id); input.value = value;"
