@@ -76,3 +76,15 @@ def _count_retry(sender=None, request=None, **kwargs):
 @signals.task_revoked.connect
 def _count_revoked(sender=None, request=None, **kwargs):
     _count("revoked", sender, request)
+
+
+@signals.beat_init.connect
+def _collect_quotas_at_start(sender=None, **kwargs):
+    """Beat runs an interval task first after one interval (CLUSTERRA_QUOTA_INTERVAL, 5 min): queue the quota
+    collection once when beat starts too, so a fresh portal's dashboard does not say "not collected yet" that long."""
+    try:
+        app.send_task("clusters.tasks.collect_quotas_due")
+    except Exception as exc:  # the broker not answering yet: the interval will do it
+        import logging
+
+        logging.getLogger(__name__).warning("could not queue the first quota collection: %s", exc)

@@ -145,6 +145,15 @@ def test_celery_worker_and_beat_keep_the_cache_fresh(slurm_cast, tmp_path):
             time.sleep(0.5)
         job = Job.objects.get(cluster=c.hpc, job_id=job_id)
         assert job.owner == c.bob_account and job.name == "polled"
+        # Beat queues the dashboard's quota collection once at start (clusterra/celery.py), not only after the
+        # first 5-minute interval: bob's usage is collected, as bob, within seconds.
+        from clusters.models import AccountUsage
+
+        deadline = time.monotonic() + 60
+        while not AccountUsage.objects.filter(account=c.bob_account, collected_at__isnull=False).exists():
+            assert worker.poll() is None, (tmp_path / "celery.log").read_text()[-2000:]
+            assert time.monotonic() < deadline, (tmp_path / "celery.log").read_text()[-2000:]
+            time.sleep(0.5)
     finally:
         stop_process(worker, timeout=20)
 
