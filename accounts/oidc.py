@@ -34,6 +34,7 @@ from mozilla_django_oidc.views import OIDCAuthenticationCallbackView, OIDCAuthen
 from accounts.access import AccessError, evaluate_access, groups_from_claims
 from accounts.models import IdentityLink, IdentityProvider, Membership, Tenant, User
 from audit.services import record_event
+from clusterra.durations import duration_words
 
 logger = logging.getLogger(__name__)
 
@@ -159,7 +160,7 @@ def _get_json(url: str, what: str) -> dict:
     try:
         response = requests.get(url, timeout=settings.OIDC_TIMEOUT, verify=settings.OIDC_VERIFY_TLS, allow_redirects=False)
     except requests.Timeout:
-        raise IdpUnavailable(f"The identity provider did not answer within {settings.OIDC_TIMEOUT:g} s ({what}).") from None
+        raise IdpUnavailable(f"The identity provider did not answer within {duration_words(settings.OIDC_TIMEOUT)} ({what}).") from None
     except requests.RequestException as exc:
         raise IdpUnavailable(f"The identity provider cannot be reached ({what}: {type(exc).__name__}).") from None
     if response.status_code != 200:

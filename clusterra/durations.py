@@ -26,6 +26,8 @@ def duration_words(seconds, *, units: int = 2) -> str:
     (a 12-hour limit and a 61-second countdown read naturally; nobody needs seconds of a day-long limit)."""
     if seconds is None or seconds == "":
         return "no limit"
+    if isinstance(seconds, float) and 0 < seconds < 60 and not seconds.is_integer():
+        return f"{seconds:.3g} seconds"  # a short timeout such as 0.5 s, or a measured 1.23 s
     remaining = max(0, int(seconds))
     parts = []
     for name, size in _WORD_UNITS:

@@ -47,14 +47,24 @@ def _activate(request, user) -> None:
 
 
 class ViewerTimeZoneMiddleware(HybridMiddleware):
-    """After AuthenticationMiddleware (request.user is lazy: a page that never renders a time costs no query)."""
+    """After AuthenticationMiddleware: it reads the user (for their chosen zone) on every page, the API excepted;
+    pages read the user anyway."""
 
     def call(self, request):
         if not request.path.startswith(_MACHINE_PATHS):
             _activate(request, getattr(request, "user", None))
-        return self.get_response(request)
+        try:
+            return self.get_response(request)
+        finally:
+            timezone.deactivate()  # the zone is per request: nothing after it (another request, a test) inherits it
 
     async def acall(self, request):
         if not request.path.startswith(_MACHINE_PATHS):
-            _activate(request, await request.auser() if hasattr(request, "auser") else None)
-        return await self.get_response(request)
+            user = await request.auser() if hasattr(request, "auser") else None
+            if user is not None:
+                request._cached_user = user  # what request.user reads in the (sync) view: no second query
+            _activate(request, user)
+        try:
+            return await self.get_response(request)
+        finally:
+            timezone.deactivate()

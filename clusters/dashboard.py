@@ -172,8 +172,9 @@ def my_jobs(accounts: list[ClusterAccount]) -> tuple[list[Job], list[Job]]:
     running, finished = [], []
     for account in accounts:
         mine = Job.objects.filter(cluster_id=account.cluster_id, owner_id=account.pk).order_by(*NEWEST_FIRST)
-        # By state, not in_queue: squeue lists a finished job for a few minutes more (MinJobAge).
-        running += mine.filter(state__in=ACTIVE_STATES)[:JOBS_SHOWN]
+        # Listed by squeue (the partial index job_owner_queued: never the person's whole history) and not over:
+        # squeue lists a finished job for a few minutes more (MinJobAge).
+        running += mine.filter(in_queue=True, state__in=ACTIVE_STATES)[:JOBS_SHOWN]
         finished += mine.exclude(state__in=ACTIVE_STATES)[:JOBS_SHOWN]
     clusters = {account.cluster_id: account.cluster for account in accounts}
     for job in running + finished:

@@ -21,6 +21,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from django.conf import settings
 from django.core.exceptions import ValidationError
 
+from clusterra.durations import duration_words
 from clusters import aws
 from clusters.models import Cluster, ClusterAccount, posix_username_validator
 from clusters.posix import PosixAccountError, become_user_argv, check_posix_account, clean_environment
@@ -102,7 +103,7 @@ class LocalExecutor(Executor):
         except OSError as exc:
             raise ExecutorError(f"Could not run {argv[0]}: {exc.strerror}.") from None
         except CaptureTimeout:
-            raise CommandTimeout(f"{argv[0]} did not finish within {timeout:g} s.") from None
+            raise CommandTimeout(f"{argv[0]} did not finish within {duration_words(timeout)}.") from None
         except OutputTooLarge:
             raise ExecutorError(f"{argv[0]} printed more than {MAX_OUTPUT_BYTES // 2**20} MiB.") from None
         return CommandResult(tuple(argv), result.returncode, result.stdout, result.stderr, time.monotonic() - started)
@@ -350,7 +351,7 @@ class SsmExecutor(Executor):
         if status == "Success" and code is None:
             code = 0
         if status == "TimedOut" and detail != "DeliveryTimedOut":
-            raise CommandTimeout(f"{argv[0]} did not finish within {timeout:g} s.")
+            raise CommandTimeout(f"{argv[0]} did not finish within {duration_words(timeout)}.")
         if status not in ("Success", "Failed") or code is None or code < 0:
             # Not delivered, or stopped on the way: the head node (or its agent) is down; trying later may work.
             raise ExecutorError(self._status_message(cfg, argv[0], detail),
@@ -381,10 +382,10 @@ class SsmExecutor(Executor):
                 self._cancel(ssm, command_id, cfg)
                 if last in _UNDELIVERED:
                     raise CommandTimeout(
-                        f"The head node (instance {cfg.instance_id}) did not pick up {program} within {timeout:g} s "
+                        f"The head node (instance {cfg.instance_id}) did not pick up {program} within {duration_words(timeout)} "
                         f"(AWS status {last}): is its SSM agent running and online?"
                     )
-                raise CommandTimeout(f"{program} did not finish within {timeout:g} s.")
+                raise CommandTimeout(f"{program} did not finish within {duration_words(timeout)}.")
             self.sleep(min(delay, remaining))
             delay = min(delay * 2, self.max_delay)
             try:
@@ -396,7 +397,7 @@ class SsmExecutor(Executor):
                     self._cancel(ssm, command_id, cfg)
                     raise ExecutorError(
                         f"SSM accepted {program} but did not report it on the head node (instance {cfg.instance_id}) "
-                        f"within {self.missing_grace:g} s (InvocationDoesNotExist); try again.", retryable=True,
+                        f"within {duration_words(self.missing_grace)} (InvocationDoesNotExist); try again.", retryable=True,
                     ) from None
                 self._cancel(ssm, command_id, cfg)
                 raise self._aws_error(exc, "GetCommandInvocation") from None

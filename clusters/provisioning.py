@@ -36,6 +36,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from django.conf import settings
 from django.core.exceptions import ValidationError
 
+from clusterra.durations import duration_words
 from clusters import aws
 from clusters.executors import ExecutorError, SsmExecutor
 from clusters.models import Cluster, posix_username_validator
@@ -240,7 +241,7 @@ def _run_local(args: list[str], timeout: float) -> tuple[int, str, str]:
     except OSError as exc:
         raise ProvisioningError(f"Could not run the provisioning helper ({argv[0]}): {exc.strerror}.") from None
     except CaptureTimeout:
-        raise ProvisioningError(f"The provisioning helper did not finish within {timeout:g} s.", retryable=True) from None
+        raise ProvisioningError(f"The provisioning helper did not finish within {duration_words(timeout)}.", retryable=True) from None
     except OutputTooLarge:
         raise ProvisioningError("The provisioning helper printed far more than expected.") from None
     return result.returncode, result.stdout.decode("utf-8", "replace"), result.stderr.decode("utf-8", "replace")

@@ -17,6 +17,7 @@ import signal
 import tempfile
 import time
 
+from clusterra.durations import duration_words
 from clusters.spawn import READ_CHUNK, reap, spawn_clean
 
 STDERR_KEPT = 8 * 1024  # the start of the command's complaint, for the message
@@ -56,8 +57,8 @@ class OutputStream:
     def _timed_out(self) -> StreamFailed:
         self.close()
         if time.monotonic() >= self.deadline:
-            return StreamFailed(f"The transfer did not finish within {self.timeout:g} s and was stopped.")
-        return StreamFailed(f"The head node sent nothing for {self.idle_timeout:g} s; the transfer was stopped.")
+            return StreamFailed(f"The transfer did not finish within {duration_words(self.timeout)} and was stopped.")
+        return StreamFailed(f"The head node sent nothing for {duration_words(self.idle_timeout)}; the transfer was stopped.")
 
     def _read(self) -> bytes | None:
         """One chunk, b"" at the end, None when nothing is there yet."""

@@ -12,6 +12,10 @@
 #   --tls-cert FILE, --tls-key FILE   the operator's certificate chain and key (defaults under /etc/ssl/clusterra/)
 #   --access-log FILE    (default /var/log/nginx/clusterra.access.log)
 #   --plain-http ADDR:PORT   no TLS, one plain listener: for scripts/prod-local.sh, never for a public address
+#   --max-upload-bytes N the portal's CLUSTERRA_FILES_MAX_UPLOAD_BYTES (default: that variable if set in the
+#                        environment, else the portal's default 536870912 = 512 MiB). nginx accepts request
+#                        bodies up to N + 1 MiB (the rest of the upload form: filebrowser/actions.py
+#                        UPLOAD_FORM_HEADROOM); render again after changing the setting.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 workers=2
@@ -22,6 +26,8 @@ tls_cert=/etc/ssl/clusterra/fullchain.pem
 tls_key=/etc/ssl/clusterra/privkey.pem
 access_log=/var/log/nginx/clusterra.access.log
 listen=""
+max_upload=${CLUSTERRA_FILES_MAX_UPLOAD_BYTES:-536870912}
+headroom=1048576  # = filebrowser/actions.py UPLOAD_FORM_HEADROOM
 
 die() { echo "nginx-site.sh: $*" >&2; exit 2; }
 while [ $# -gt 0 ]; do
@@ -35,11 +41,13 @@ while [ $# -gt 0 ]; do
     --tls-key) tls_key=$2 ;;
     --access-log) access_log=$2 ;;
     --plain-http) listen=$2 ;;
+    --max-upload-bytes) max_upload=$2 ;;
     *) die "unknown option $1" ;;
   esac
   shift 2
 done
 [[ $workers =~ ^[1-9][0-9]?$ ]] || die "--workers must be a number from 1 to 99, got '$workers'"
+[[ $max_upload =~ ^[1-9][0-9]{0,14}$ ]] || die "--max-upload-bytes must be a number of bytes, got '$max_upload'"
 # Values end up in nginx syntax: no quotes, semicolons, braces or other surprises.
 safe='^[][A-Za-z0-9_./:* -]*$'  # host names, paths, [::1]:8080
 for value in "$server_name" "$socket_dir" "$static_root" "$tls_cert" "$tls_key" "$access_log" "$listen"; do
@@ -59,9 +67,10 @@ mode=tls
 
 POOL=${pool%$'\n'} UPSTREAMS=${upstreams%$'\n'} MODE=$mode SERVER_NAME=$server_name TLS_CERT=$tls_cert \
 TLS_KEY=$tls_key LISTEN=$listen STATIC_ROOT=${static_root%/} ACCESS_LOG=$access_log \
+MAX_BODY=$((max_upload + headroom)) \
 awk '
   function fill(line,   names, i, name) {
-    split("SERVER_NAME TLS_CERT TLS_KEY LISTEN STATIC_ROOT ACCESS_LOG", names, " ")
+    split("SERVER_NAME TLS_CERT TLS_KEY LISTEN STATIC_ROOT ACCESS_LOG MAX_BODY", names, " ")
     for (i = 1; i in names; i++) {
       name = names[i]
       while (index(line, "@" name "@")) {

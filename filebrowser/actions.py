@@ -24,6 +24,10 @@ from jobs.actions import allowed_roots
 
 MAX_LIST_ENTRIES = 5000
 MAX_NAME_BYTES = 255  # NAME_MAX of Linux file systems
+# An upload's request is the file plus the rest of the multipart form (boundaries, CSRF token, the path):
+# a request longer than the limit plus this is refused before its body is read. deploy/nginx-site.sh adds
+# the same headroom to nginx's client_max_body_size.
+UPLOAD_FORM_HEADROOM = 1024 * 1024
 # SSM: an upload or a saved edit travels base64-encoded inside SendCommand's parameters (at most
 # SSM_PARAMETERS_MAX_BYTES), beside the script that runs it: 3/4 of what is left after 8 KiB for that.
 SSM_MAX_INPUT_BYTES = (SSM_PARAMETERS_MAX_BYTES - 8 * 1024) * 3 // 4
@@ -173,6 +177,16 @@ def _text(content: bytes) -> str | None:
         return None
 
 
+def _text_cut(content: bytes) -> str | None:
+    """Text cut at the preview limit: the cut may have split a UTF-8 character (up to 4 bytes), so drop
+    1–3 bytes at the end until the rest decodes. An invalid byte anywhere else still means binary."""
+    for drop in range(1, 4):
+        text = _text(content[:-drop])
+        if text is not None:
+            return text
+    return None
+
+
 def preview(account: ClusterAccount, raw_path: str | None, *, actor, client_address=None) -> Preview:
     account = _active(account)
     path = clean_path(account, raw_path)
@@ -184,8 +198,8 @@ def preview(account: ClusterAccount, raw_path: str | None, *, actor, client_addr
     content = inspected.content[:limit]
     truncated = len(inspected.content) > limit
     text = _text(content)
-    if text is None and truncated and b"\0" not in content:  # the cut may have split a character
-        text = _text(content[:-3] + content[-3:].decode("utf-8", "ignore").encode())
+    if text is None and truncated:
+        text = _text_cut(content)
     _audit("file.view", account, actor=actor, client_address=client_address, path=real, bytes=len(content))
     return Preview(real, inspected.entry, text, truncated, limit)
 
@@ -276,7 +290,8 @@ class EditState:
     crlf: bool  # the file used CRLF line endings (kept on save)
 
 
-def open_for_edit(account: ClusterAccount, raw_path: str | None) -> EditState:
+def open_for_edit(account: ClusterAccount, raw_path: str | None, *, actor, client_address=None) -> EditState:
+    """The file's text for the edit form; showing it is a read, so it is audited as `file.view`."""
     account = _active(account)
     path = clean_path(account, raw_path)
     limit = limits(account)
@@ -291,6 +306,7 @@ def open_for_edit(account: ClusterAccount, raw_path: str | None) -> EditState:
     if text is None:
         raise FileActionError(f"{path} is a binary file (not UTF-8 text); it cannot be edited here. Download it instead.",
                               status=415)
+    _audit("file.view", account, actor=actor, client_address=client_address, path=real, bytes=len(inspected.content))
     return EditState(path, real, text, hashlib.sha256(inspected.content).hexdigest(), b"\r\n" in inspected.content)
 
 

@@ -48,11 +48,16 @@ if [ "$n" -gt 0 ] && [ -f "$p" ]; then exec head -c "$n" -- "$p"; fi
 
 # $1 directory (a real path), $2 name, $3 1 to replace an existing file. The data comes on stdin, is
 # written to a temporary file beside the target and moved into place: a failed upload leaves nothing.
+# `still` checks again, right before the temporary file is made and right before it takes its name,
+# that the directory still resolves to the real path the portal checked (not swapped for a link since).
 UPLOAD_SCRIPT = r"""d=$1 name=$2 replace=$3
+still() { r=$(realpath -e -- "$d") && [ "$r" = "$d" ] || { echo "clusterra: directory changed" >&2; exit 16; }; }
+still
 t=$(mktemp -- "$d/.clusterra-upload.XXXXXX") || exit 11
 trap 'rm -f -- "$t"' EXIT
 cat > "$t" || exit 12
 chmod "$(printf '%o' $(( 0666 & ~0$(umask) )))" -- "$t" || exit 13
+still
 if [ "$replace" = 1 ]; then
   mv -fT -- "$t" "$d/$name" || exit 14
 else
@@ -60,17 +65,30 @@ else
 fi
 """
 
-# $1 file (a real path), $2 the sha256 it had when it was opened. The new content comes on stdin. The
-# file is replaced atomically (a temporary file in the same directory, then mv) only if it still has
-# that sha256 right before the move; its permission bits are kept.
+# $1 file (a real path), $2 the sha256 it had when it was opened. The new content comes on stdin and is
+# written only if the file still has that sha256 right before the write.
+# - The user owns the file: replaced atomically (a temporary file in the same directory, then mv), with
+#   the file's permission bits and, where the user may set it, its group.
+# - Someone else owns it (a shared 0666 file, perhaps in a sticky 1777 directory where the user may not
+#   replace it): a new file would change its owner, so the content is staged in a temporary file and then
+#   written in place. Not atomic, but owner, group, ACLs and hard links stay.
 SAVE_SCRIPT = r"""p=$1 want=$2
 same() { h=$(sha256sum < "$p") || exit 20; [ "${h%% *}" = "$want" ]; }
 if [ ! -f "$p" ] || [ ! -w "$p" ]; then echo "clusterra: not writable" >&2; exit 21; fi
 same || { echo "clusterra: changed on disk" >&2; exit 22; }
+if [ ! -O "$p" ]; then
+  t=$(mktemp -t clusterra-edit.XXXXXX) || exit 17
+  trap 'rm -f -- "$t"' EXIT
+  cat > "$t" || exit 12
+  same || { echo "clusterra: changed on disk" >&2; exit 22; }
+  cat -- "$t" > "$p" || exit 18
+  exit 0
+fi
 t=$(mktemp -- "$(dirname -- "$p")/.clusterra-edit.XXXXXX") || exit 11
 trap 'rm -f -- "$t"' EXIT
 cat > "$t" || exit 12
 chmod --reference="$p" -- "$t" || exit 13
+chgrp --reference="$p" -- "$t" 2>/dev/null || true
 same || { echo "clusterra: changed on disk" >&2; exit 22; }
 mv -fT -- "$t" "$p" || exit 14
 """
@@ -265,6 +283,9 @@ def write_new(account, directory: str, name: str, data, *, replace: bool, timeou
     """Write `data` (bytes, or a readable file for the local executor) as directory/name."""
     path = f"{directory.rstrip('/')}/{name}"
     result = run(account, ["sh", "-c", UPLOAD_SCRIPT, "sh", directory, name, "1" if replace else "0"], stdin=data, timeout=timeout)
+    if result.returncode == 16:
+        raise RemoteError(f"{directory} was moved or replaced (by a symbolic link, perhaps) while the file was being "
+                          "uploaded; nothing was written. Open the directory again and retry.", status=409, code=16)
     if not result.ok:
         raise _failed(result, account, path, "create")
 
@@ -274,6 +295,10 @@ def replace_if_unchanged(account, path: str, sha256: str, data: bytes, *, timeou
     if result.returncode == 11:  # mktemp: the directory is not writable, though the file may be
         raise RemoteError(f"Could not save {path}: your POSIX account {account.posix_username} may not create files in "
                           "its directory (the file is replaced through a temporary file beside it).", status=403, code=11)
+    if result.returncode == 14 and b"Operation not permitted" in result.stderr:  # e.g. a sticky directory
+        raise RemoteError(f"Could not save {path}: your POSIX account {account.posix_username} may not replace it in its "
+                          "directory (in a sticky directory such as /tmp only a file's owner may). Nothing was changed.",
+                          status=403, code=14)
     if not result.ok:
         raise _failed(result, account, path, "write")
 

@@ -155,8 +155,9 @@ def download(request, tenant_slug, cluster_slug):
 
 
 class _UploadLimit(FileUploadHandler):
-    """First in the chain: stops reading a file as soon as it passes the limit, so nothing larger is kept,
-    not even in Django's temporary upload file (the file is then missing from request.FILES)."""
+    """First in the chain: stops reading a file as soon as it passes the limit, so Django's upload file never
+    holds more (the file is then missing from request.FILES). Under daphne the whole request body has been
+    spooled to a temporary file before the view runs: nginx's client_max_body_size bounds that."""
 
     def __init__(self, request, limit: int):
         super().__init__(request)
@@ -173,11 +174,22 @@ class _UploadLimit(FileUploadHandler):
         return None
 
 
+def _declared_length(request) -> int:
+    try:
+        return int(request.META.get("CONTENT_LENGTH") or 0)
+    except ValueError:
+        return 0
+
+
 @csrf_exempt  # the upload handler must be in place before the body is read; CSRF is checked just below
 @login_required
 @_guarded
 def upload(request, tenant_slug, cluster_slug):
     ctx = _context(request, tenant_slug, cluster_slug)
+    if _declared_length(request) > ctx.limits.upload + actions.UPLOAD_FORM_HEADROOM:
+        # Refused before a byte of the body is read (under daphne the ASGI handler has spooled it already;
+        # nginx's client_max_body_size is what keeps it off the machine: docs/files.md).
+        raise actions.FileActionError(actions.upload_too_large(None, ctx.limits), status=413)
     guard = _UploadLimit(request, ctx.limits.upload)
     request.upload_handlers.insert(0, guard)
     return _upload(request, ctx, guard)
@@ -221,7 +233,7 @@ def mkdir(request, tenant_slug, cluster_slug):
 def edit(request, tenant_slug, cluster_slug):
     ctx = _context(request, tenant_slug, cluster_slug)
     if request.method != "POST":
-        state = actions.open_for_edit(ctx.account, request.GET.get("path"))
+        state = actions.open_for_edit(ctx.account, request.GET.get("path"), actor=request.user, client_address=ctx.client())
         return _edit_page(ctx, state.path, state.real_path, state.text, state.sha256, state.crlf)
     path, text, sha256 = request.POST.get("path"), request.POST.get("text", ""), request.POST.get("sha256", "")
     crlf = request.POST.get("crlf") == "1"

@@ -12,7 +12,7 @@ from clusters.executors import CommandTooLarge, ExecutorError, executor_for
 from clusters.models import ClusterAccount
 from jobs import slurm, validation
 from jobs.models import Job, JobSubmission
-from jobs.queries import ACTIVE_STATES
+from jobs.queries import ACTIVE_STATES, ENDING_STATES
 
 SUBMIT_TIMEOUT = 30
 
@@ -115,7 +115,7 @@ def _store(account: ClusterAccount, job_id: str, r: dict[str, str]) -> Job | Non
     text = slurm._text
     code, sig = slurm._exit_code(r.get("ExitCode", ""))
     # COMPLETING has ended: its exit code is known. Pending and running ones report 0:0, which means nothing yet.
-    ended = r.get("JobState") not in ACTIVE_STATES or r.get("JobState") == "COMPLETING"
+    ended = r.get("JobState") not in ACTIVE_STATES or r.get("JobState") in ENDING_STATES
     user = r.get("UserId", "").split("(", 1)[0]
     fields = dict(
         array_job_id=slurm._int(r.get("ArrayJobId", "")), array_task_id=text(r.get("ArrayTaskId", "")), posix_user=user,
@@ -176,9 +176,11 @@ def cancel_job(account: ClusterAccount, job: Job, *, actor, client_address=None)
     return sync_job(account, job.job_id) or job
 
 
-def output_tail(account: ClusterAccount, job: Job, lines: int) -> str:
-    """The last `lines` lines of the job's standard output, read as the user (so permissions apply)."""
-    if not job.stdout_path:
+def output_tail(account: ClusterAccount, job: Job, lines: int, *, find_file: bool = True) -> str:
+    """The last `lines` lines of the job's standard output, read as the user (so permissions apply).
+
+    Without a known output file it asks Slurm for it first, unless `find_file` is False (the caller just did)."""
+    if not job.stdout_path and find_file:
         job = sync_job(account, job.job_id) or job
     if not job.stdout_path:
         raise JobActionError("Slurm did not report an output file for this job.", status=404)

@@ -7,7 +7,7 @@ store those; jobs.models.QueueSummary counts them). A job the user may not see d
 
 import base64
 import binascii
-from datetime import datetime
+from datetime import UTC, datetime
 
 from django.db.models import F, Q, QuerySet
 from django.http import Http404
@@ -19,9 +19,13 @@ from jobs.models import Job
 
 # Newest submissions first; rows without a submit time last. The API's cursor follows this order.
 NEWEST_FIRST = (F("submit_time").desc(nulls_last=True), "-pk")
-ACTIVE_STATES = {"PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "SUSPENDED", "REQUEUED", "RESIZING"}
-# A COMPLETING job has ended (its processes are being cleaned up): nothing left to cancel.
-CANCELLABLE_STATES = ACTIVE_STATES - {"COMPLETING"}
+# Every state squeue reports for a job that is not over (squeue(1), JOB STATE CODES); the rest are final.
+ACTIVE_STATES = {"PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "SUSPENDED", "REQUEUED", "REQUEUE_FED", "REQUEUE_HOLD",
+                 "RESIZING", "RESV_DEL_HOLD", "SPECIAL_EXIT", "STOPPED", "SIGNALING", "STAGE_OUT"}
+# Its programs have ended (COMPLETING: processes being cleaned up; STAGE_OUT: burst-buffer data going out): the
+# exit code is known and there is nothing left to cancel.
+ENDING_STATES = {"COMPLETING", "STAGE_OUT"}
+CANCELLABLE_STATES = ACTIVE_STATES - ENDING_STATES
 
 
 def is_tenant_admin(user, cluster: Cluster) -> bool:
@@ -80,7 +84,9 @@ def after_cursor(jobs: QuerySet, cursor: str) -> QuerySet:
         stamp, pk = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode().split("|")
         pk = int(pk)
         when = datetime.fromisoformat(stamp) if stamp else None
-    except (ValueError, UnicodeDecodeError, binascii.Error):
+        if when is not None:
+            when = when.astimezone(UTC)  # an out-of-range stamp fails here, not in the database (a 500 on SQLite)
+    except (ValueError, UnicodeDecodeError, binascii.Error, OverflowError):
         raise ValueError("cursor is not valid") from None
     if when is None:
         return jobs.filter(submit_time__isnull=True, pk__lt=pk)

@@ -17,7 +17,7 @@ from clusters.executors import ExecutorError, executor_for
 from clusters.models import Cluster, ClusterAccount
 from jobs import slurm
 from jobs.models import Job, Partition, QueueSummary
-from jobs.queries import ACTIVE_STATES
+from jobs.queries import ACTIVE_STATES, CANCELLABLE_STATES
 
 logger = logging.getLogger(__name__)
 
@@ -98,6 +98,10 @@ def refresh_jobs(cluster: Cluster) -> PollResult:
     gone: list[Job] = []
     with transaction.atomic():
         _upsert(changed)
+        if any(row[_STATE_COLUMN] in CANCELLABLE_STATES for row in changed):
+            # A job that had ended and runs again (requeued) must not keep its old exit code: squeue has none.
+            Job.objects.filter(cluster=cluster, in_queue=True, state__in=CANCELLABLE_STATES,
+                               exit_code__isnull=False).update(exit_code=None, exit_signal=None)
         for start in range(0, len(gone_pks), _CHUNK):
             chunk = gone_pks[start:start + _CHUNK]
             gone += Job.objects.filter(pk__in=chunk).select_related("owner")
@@ -126,6 +130,7 @@ def _digest(f: list[str], owner_id: int) -> str:
 # The fields a poll writes; on a new row also the ones only job actions and sacct fill in.
 _INSERT_ONLY = {"gres": "", "stdout_path": "", "stderr_path": "", "exit_code": None, "exit_signal": None}
 _COLUMNS = ["cluster", "job_id", *_UPDATE_FIELDS, *_INSERT_ONLY]
+_STATE_COLUMN = _COLUMNS.index("state")
 
 
 def _row(cluster: Cluster, q: slurm.QueuedJob, owner: ClusterAccount, digest: str, now, adapt) -> tuple:

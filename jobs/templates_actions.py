@@ -42,14 +42,15 @@ def save_template(account: ClusterAccount, name: str, request: actions.SubmitReq
     name = clean_template_name(name)
     fields = template_fields(account, request)
     try:
-        with transaction.atomic():
+        with transaction.atomic():  # the template and its audit event, or neither
             template = JobTemplate.objects.create(cluster=account.cluster, owner=actor, name=name, **fields)
+            record_event("job_template.save", tenant=account.cluster.tenant, actor=actor, target=template,
+                         client_address=client_address,
+                         data={"cluster": account.cluster.slug, "name": name, "script_path": template.script_path,
+                               "inline": bool(template.script), "from_job": from_job or ""})
     except IntegrityError:
         raise validation.JobRequestError("template_name", f"“{name}” is already one of your templates on "
                                                           f"{account.cluster.name}: choose another name, or delete that one first.") from None
-    record_event("job_template.save", tenant=account.cluster.tenant, actor=actor, target=template, client_address=client_address,
-                 data={"cluster": account.cluster.slug, "name": name, "script_path": template.script_path,
-                       "inline": bool(template.script), "from_job": from_job or ""})
     return template
 
 
@@ -62,6 +63,7 @@ def free_name(account: ClusterAccount, owner, base: str) -> str:
 
 
 def delete_template(template: JobTemplate, *, actor, client_address=None) -> None:
-    record_event("job_template.delete", tenant=template.cluster.tenant, actor=actor, target=template, client_address=client_address,
-                 data={"cluster": template.cluster.slug, "name": template.name})
-    template.delete()
+    with transaction.atomic():
+        record_event("job_template.delete", tenant=template.cluster.tenant, actor=actor, target=template,
+                     client_address=client_address, data={"cluster": template.cluster.slug, "name": template.name})
+        template.delete()

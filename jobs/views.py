@@ -2,6 +2,7 @@
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
+from django.core.cache import cache
 from django.core.exceptions import PermissionDenied
 from django.http import Http404
 from django.shortcuts import redirect, render
@@ -57,7 +58,7 @@ def job_list(request, tenant_slug, cluster_slug):
     return render(request, template, context)
 
 
-def _output(account, job, poll_state, lines=200) -> dict:
+def _output(account, job, poll_state, lines=200, *, find_file=True) -> dict:
     """The output panel: {"text": the file's last lines, "note": why there are none, in words}."""
     if account is None or account.state != ClusterAccount.State.ACTIVE:
         return {"text": "", "note": "You have no active account on this cluster to read the output with."}
@@ -66,7 +67,7 @@ def _output(account, job, poll_state, lines=200) -> dict:
     if poll_state and poll_state.failing and not job.stdout_path:
         return {"text": "", "note": poll_state.error}  # finding the file needs Slurm: do not wait ~20 s for it to time out again
     try:
-        text = actions.output_tail(account, job, lines)
+        text = actions.output_tail(account, job, lines, find_file=find_file)
     except actions.OutputMissing:
         if job.state in queries.ACTIVE_STATES:
             return {"text": "", "note": "No output yet: the job has not written its output file."}
@@ -76,17 +77,25 @@ def _output(account, job, poll_state, lines=200) -> dict:
     return {"text": text, "note": "" if text else "The output file is empty so far."}
 
 
+# How long a job page trusts its last read of Slurm: the page refreshes every 5 s, and on an SSM cluster each
+# read is a SendCommand. A job that has left the queue is asked about once an hour at most (Slurm has
+# usually purged it: the answer is only worth having for the output file of a job started from a terminal).
+READ_AGAIN_AFTER = {"in_queue": 10, "left": 3600}
+
+
 def _refreshed(account, job, poll_state):
     """The job as Slurm has it now, for the viewer's own job while Slurm still holds it: the cached row is
     updated too, so the list never contradicts this page (state, exit code, output file of a job submitted
-    from the terminal, which squeue does not report)."""
+    from the terminal, which squeue does not report). Returns (job, whether Slurm was asked, now or a moment ago)."""
     if (account is None or account.state != ClusterAccount.State.ACTIVE or job.owner_id != account.pk
             or (poll_state and poll_state.failing) or not (job.in_queue or not job.stdout_path)):
-        return job
+        return job, False
+    if not cache.add(f"clusterra:job-read:{job.pk}", 1, READ_AGAIN_AFTER["in_queue" if job.in_queue else "left"]):
+        return job, True  # read a moment ago: the cache row has what Slurm said
     try:
-        return actions.sync_job(account, job.job_id) or job
+        return actions.sync_job(account, job.job_id) or job, True
     except (actions.JobActionError, slurm.SlurmUnavailable):
-        return job  # the cache's word; the Slurm status banner says why
+        return job, True  # the cache's word; the Slurm status banner says why
 
 
 def _slurm_unavailable(request, cluster, exc, back_url):
@@ -101,10 +110,11 @@ def job_detail(request, tenant_slug, cluster_slug, job_id):
     job = queries.job_for(request.user, cluster, job_id)
     terminal_url = reverse("terminal:page", args=[tenant_slug, cluster_slug])
     poll_state = pollstate.read(cluster)
-    job = _refreshed(account, job, poll_state)
+    job, asked = _refreshed(account, job, poll_state)
     context = {
         "cluster": cluster, "tenant": cluster.tenant, "account": account, "job": job, "is_admin": is_admin,
-        "active": job.state in queries.ACTIVE_STATES, "output": _output(account, job, poll_state), "poll_state": poll_state,
+        "active": job.state in queries.ACTIVE_STATES, "output": _output(account, job, poll_state, find_file=not asked),
+        "poll_state": poll_state,
         "can_cancel": account is not None and job.owner_id == account.pk and job.state in queries.CANCELLABLE_STATES,
         "terminal_url": f"{terminal_url}?cwd={job.work_dir}" if job.work_dir else terminal_url,
     }

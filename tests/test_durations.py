@@ -34,3 +34,8 @@ def test_words(seconds, words):
 
 def test_words_with_one_unit():
     assert duration_words(5400, units=1) == "1 hour"
+
+
+@pytest.mark.parametrize(("seconds", "words"), [(0.5, "0.5 seconds"), (1.234, "1.23 seconds"), (30.0, "30 seconds"), (90.5, "1 minute 30 seconds")])
+def test_words_for_fractions_of_a_minute(seconds, words):
+    assert duration_words(seconds) == words

@@ -37,7 +37,7 @@ def test_stdin_and_exit_status(cast):
 
 
 def test_timeout_kills_the_command(cast):
-    with pytest.raises(CommandTimeout, match="within 0.5 s"):
+    with pytest.raises(CommandTimeout, match="within 0.5 seconds"):
         LocalExecutor().run(_account(cast), ["sleep", "30"], timeout=0.5)
 
 

@@ -12,6 +12,7 @@ import os
 import pwd
 import shutil
 import stat
+import subprocess
 import uuid
 from pathlib import Path
 from types import SimpleNamespace
@@ -28,7 +29,7 @@ from clusters import aws
 from clusters.executors import LocalExecutor
 from clusters.models import ClusterAccount
 from clusters.streaming import StreamFailed
-from filebrowser import actions
+from filebrowser import actions, remote
 from tests.conftest import _ensure_posix_user
 from tests.test_provisioning import INSTANCE, REGION, ROLE, RunCommandPeer
 
@@ -209,6 +210,19 @@ def test_view_shows_text_and_is_audited(bob, files, settings):
     assert bob.get(URL + "view/", {"path": str(files.work)})["Location"].startswith(URL + "?path=")
 
 
+def test_a_cjk_preview_cut_inside_a_character_is_still_text(bob, files, settings):
+    limit = settings.FILES_MAX_PREVIEW_BYTES  # the default, 256 KiB: not a multiple of 3
+    assert limit % 3 != 0
+    cjk = files.file("cjk.txt", "漢字" * (limit // 3))  # 3 bytes a character, twice the limit in all
+    page = _page(bob.get(URL + "view/", {"path": str(cjk)}))
+    assert "binary file" not in page and "Only the first" in page
+    shown = limit // 3  # whole characters within the limit
+    assert ("漢字" * (shown // 2)) in page and ("漢字" * (shown // 2 + 1)) not in page
+    # an invalid byte before the cut still means binary: only the cut itself is forgiven
+    broken = files.file("broken.txt", b"\xff" + "漢".encode() * limit)
+    assert "binary file" in _page(bob.get(URL + "view/", {"path": str(broken)}))
+
+
 def test_download_is_streamed_from_the_users_process(bob, files):
     data = os.urandom(300 * 1024) + b"\0end"
     target = files.file("out put.bin", data)
@@ -241,10 +255,13 @@ async def test_download_under_asgi_is_read_from_the_pipe_on_the_event_loop(files
 
 def test_output_stream_times_out_and_is_killed_when_closed(files):
     executor = LocalExecutor()
-    with pytest.raises(StreamFailed, match="sent nothing for 0.5 s"):
-        stream = executor.stream(files.account, ["sh", "-c", "sleep 30"], timeout=10, idle_timeout=0.5)
+    with pytest.raises(StreamFailed, match="^The head node sent nothing for 1 second; the transfer was stopped.$"):
+        stream = executor.stream(files.account, ["sh", "-c", "sleep 30"], timeout=10, idle_timeout=1)
         stream.first_chunk()
     assert stream.returncode is not None  # killed and reaped
+    with pytest.raises(StreamFailed, match="^The transfer did not finish within 1 second and was stopped.$"):
+        stream = executor.stream(files.account, ["sh", "-c", "sleep 30"], timeout=1, idle_timeout=5)
+        stream.first_chunk()
     stream = executor.stream(files.account, ["cat", "/dev/zero"], timeout=10, idle_timeout=5)
     assert stream.first_chunk()
     pid = stream.pid
@@ -293,6 +310,55 @@ def test_upload_over_the_limit_is_refused_and_nothing_is_written(bob, files, set
     assert list(files.work.iterdir()) == [] and not _events("file.upload")
     ok = bob.post(URL + "upload/", {"path": str(files.work), "file": SimpleUploadedFile("fits.bin", b"x" * 4096)})
     assert ok.status_code == 302 and (files.work / "fits.bin").stat().st_size == 4096
+
+
+class _UnreadBody:
+    """A request body that must not be read: the view refuses on Content-Length alone."""
+
+    def read(self, *args):
+        raise AssertionError("the upload's body was read")
+
+    readline = read
+
+
+def test_an_upload_request_longer_than_the_limit_is_refused_before_its_body_is_read(bob, files, settings):
+    settings.FILES_MAX_UPLOAD_BYTES = 4096
+    too_long = str(4096 + actions.UPLOAD_FORM_HEADROOM + 1)
+    response = bob.post(URL + "upload/", CONTENT_TYPE="multipart/form-data; boundary=x", CONTENT_LENGTH=too_long,
+                        **{"wsgi.input": _UnreadBody()})
+    page = _page(response)
+    assert response.status_code == 413 and "uploads are limited to 4.0\xa0KB (4,096 bytes)" in page
+    assert "Nothing was written" in page and 'class="' in page  # the refusal page, inside the layout
+    assert list(files.work.iterdir()) == [] and not _events("file.upload")
+
+
+def test_the_nginx_site_accepts_the_upload_limit_plus_the_form(monkeypatch):
+    script = Path(__file__).resolve().parent.parent / "deploy" / "nginx-site.sh"
+
+    def body_size(*args, env=None) -> int:
+        site = subprocess.run([str(script), "--plain-http", "127.0.0.1:8080", *args], check=True, capture_output=True,
+                              text=True, timeout=30, env={"PATH": os.environ["PATH"], **(env or {})}).stdout
+        [line] = [line for line in site.splitlines() if "client_max_body_size" in line and "#" not in line]
+        return int(line.split()[1].rstrip(";"))
+
+    assert body_size() == 512 * 1024**2 + actions.UPLOAD_FORM_HEADROOM  # the portal's default limit
+    assert body_size(env={"CLUSTERRA_FILES_MAX_UPLOAD_BYTES": "2000000"}) == 2_000_000 + actions.UPLOAD_FORM_HEADROOM
+    assert body_size("--max-upload-bytes", "4096") == 4096 + actions.UPLOAD_FORM_HEADROOM
+    bad = subprocess.run([str(script), "--max-upload-bytes", "4m"], check=False, capture_output=True, text=True, timeout=30)
+    assert bad.returncode == 2 and bad.stdout == "" and "--max-upload-bytes must be a number" in bad.stderr
+
+
+def test_an_upload_into_a_directory_swapped_since_the_check_is_refused(files):
+    """UPLOAD_SCRIPT resolves the directory again right before writing: a path that no longer resolves to
+    itself (here a link, as if the directory had been swapped for one after the portal's check) is refused."""
+    (files.work / "real").mkdir()
+    _own(files.work / "real", files.user, 0o755)
+    os.symlink("real", files.work / "swapped")
+    _own(files.work / "swapped", files.user, 0)
+    with pytest.raises(remote.RemoteError, match="was moved or replaced") as caught:
+        remote.write_new(files.account, str(files.work / "swapped"), "x.txt", b"data", replace=False, timeout=30)
+    assert caught.value.status == 409
+    assert list((files.work / "real").iterdir()) == []  # not even a temporary file
 
 
 @needs_root
@@ -367,6 +433,31 @@ def test_edit_saves_atomically_keeps_mode_and_line_endings(bob, files):
     assert form["crlf"] == "1"
     bob.post(URL + "edit/", {**form, "text": "a\r\nc\r\n"})
     assert dos.read_bytes() == b"a\r\nc\r\n"
+
+
+def test_opening_a_file_for_editing_is_audited_as_a_view(bob, files):
+    target = files.file("conf.txt", "secret=1\n")
+    _open(bob, target)
+    [event] = _events("file.view")
+    assert event.data == {"cluster": "hpc", "posix_user": files.user.pw_name, "path": str(target), "bytes": 9}
+    assert event.actor == files.cast.bob and event.target_id == str(files.account.pk)
+
+
+@needs_root
+def test_editing_another_users_writable_file_in_a_sticky_directory_keeps_its_owner_and_group(bob, files):
+    other = _ensure_posix_user("clusterra-t2")
+    sticky = files.shared / "scratch"
+    sticky.mkdir()
+    os.chmod(sticky, 0o1777)  # noqa: S103 (a shared scratch directory, as /tmp)
+    shared_file = files.file("team.txt", "v1\n", mode=0o666, owner=other, base=sticky)
+    form = _open(bob, shared_file)
+    response = bob.post(URL + "edit/", {**form, "text": "v2\n"})
+    assert response.status_code == 302, _page(response)
+    assert shared_file.read_text() == "v2\n"
+    after = shared_file.stat()
+    assert (after.st_uid, after.st_gid, stat.S_IMODE(after.st_mode)) == (other.pw_uid, other.pw_gid, 0o666)
+    assert [p.name for p in sticky.iterdir()] == ["team.txt"]  # no temporary file left beside it
+    assert _events("file.edit")[0].data["sha256_after"] == hashlib.sha256(b"v2\n").hexdigest()
 
 
 def test_a_file_changed_on_disk_since_it_was_opened_is_not_overwritten(bob, files):

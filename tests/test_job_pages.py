@@ -1,6 +1,7 @@
 """Job pages that read like Slurm: durations in Slurm's format, times in the viewer's zone, how a job
 ended, no Cancel once it is ending, "no output yet", and a list that agrees with the detail page."""
 
+import base64
 import re
 import time
 from datetime import UTC, datetime, timedelta
@@ -197,3 +198,35 @@ def test_the_list_pages_through_older_jobs(client, bob_jobs):
     assert second.count('<td data-label="Job">') == 10 and ">309<" in second and ">300<" in second
     assert "Older jobs" not in second and "← Newest" in second
     assert client.get("/t/acme/c/hpc/jobs/?cursor=not-a-cursor").status_code == 404
+    # A stamp that parses but cannot be converted to UTC (year 1 at +05:00) is refused too, not a 500.
+    crafted = base64.urlsafe_b64encode(b"0001-01-01T00:00:00+05:00|1").decode().rstrip("=")
+    assert client.get(f"/t/acme/c/hpc/jobs/?cursor={crafted}").status_code == 404
+
+
+@pytest.mark.slow
+@pytest.mark.slurm
+def test_a_requeued_job_loses_its_old_exit_code(client, slurm_cast):
+    c = slurm_cast
+    job_id = _sbatch(c.bob_account, f"--chdir={c.posix.pw_dir}", "--output=/dev/null", "--wrap=sleep 2; exit 3")
+    deadline = time.monotonic() + 60
+    while (job := Job.objects.filter(cluster=c.hpc, job_id=job_id).first()) is None or job.exit_code != 3:
+        assert time.monotonic() < deadline, f"the exit code never arrived: {job and (job.state, job.exit_code)}"
+        refresh_jobs(c.hpc)
+        time.sleep(0.3)
+    requeue = LocalExecutor().run(c.bob_account, ["scontrol", "requeuehold", job_id], timeout=30)  # runs again once released
+    assert requeue.ok, requeue.error_text()
+    job = wait_for_state(c.hpc, job_id, {"PENDING", "REQUEUE_HOLD", "REQUEUED"})
+    assert (job.exit_code, job.exit_signal) == (None, None), "a job waiting to run again still shows its old exit"
+    client.force_login(c.bob)
+    detail = page(client, f"/t/acme/c/hpc/jobs/{job_id}/")
+    assert "exit code 3" not in detail and "Cancel job" in detail  # a held, requeued job can be cancelled
+
+
+def test_the_job_page_asks_slurm_once_per_refresh_interval(client, bob_jobs):
+    """The page refreshes every 5 s; each read is a command on the head node (a SendCommand on SSM)."""
+    bob_jobs.job("401", name="running", state="RUNNING")  # no output file known yet
+    client.force_login(bob_jobs.bob)
+    page(client, "/t/acme/c/hpc/jobs/401/")
+    assert bob_jobs.synced == ["401"]  # once, not again by the output panel
+    page(client, "/t/acme/c/hpc/jobs/401/")
+    assert bob_jobs.synced == ["401"]  # a moment later: the cache row has it

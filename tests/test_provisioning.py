@@ -535,7 +535,7 @@ def test_helper_timeout_is_retryable(monkeypatch, tmp_path):
     monkeypatch.setattr(provisioning.os, "geteuid", lambda: 999)
     monkeypatch.setattr(provisioning, "_SPAWN_PATH", f"{shim}:{provisioning._SPAWN_PATH}")
     monkeypatch.setattr(provisioning, "TIMEOUT", 0.5)
-    with pytest.raises(ProvisioningError, match="did not finish within 0.5 s") as caught:
+    with pytest.raises(ProvisioningError, match="did not finish within 0.5 seconds") as caught:
         lock_posix_account(local_cluster(), username="ctok", uid=61000, kill_processes=False, cancel_jobs=False)
     assert caught.value.retryable is True
 

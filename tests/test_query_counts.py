@@ -118,13 +118,17 @@ def _plan(queryset) -> str:
         return "\n".join(str(row[-1]) for row in cursor.fetchall())
 
 
-@pytest.mark.parametrize("scope", ["mine", "all"])
+@pytest.mark.parametrize("scope", ["mine", "all", "dashboard: queued"])
 def test_job_lists_are_read_in_index_order(cast_with_jobs, scope):
     c = cast_with_jobs
     c.add_jobs(50, 1000)
     jobs = queries.visible_jobs(c.alice, c.hpc, every_user=scope == "all", is_admin=True, account=c.alice_account)
+    if scope == "dashboard: queued":  # clusters/dashboard.py my_jobs: not a walk through the person's history
+        jobs = jobs.filter(in_queue=True, state__in=queries.ACTIVE_STATES)
     plan = _plan(jobs.order_by(*queries.NEWEST_FIRST)[:100])
     if connection.vendor == "postgresql":
         assert "Seq Scan on jobs_job" not in plan and "Sort" not in plan, plan
     else:
         assert "SCAN jobs_job" not in plan and "TEMP B-TREE" not in plan, plan
+    if scope == "dashboard: queued":
+        assert "job_owner_queued" in plan, plan  # the partial index of listed jobs, not the whole history's

@@ -396,7 +396,7 @@ def test_timeout_cancels_the_command(ssm_cast, aws, clock):
     for _ in range(5):  # sleeps 0.1 + 0.2 + 0.4 + 0.8 + 0.5 = the 2 s budget
         _invocation(aws, command_id, "InProgress")
     aws.ssm.add_response("cancel_command", {}, {"CommandId": command_id, "InstanceIds": [INSTANCE]})
-    with pytest.raises(CommandTimeout, match=r"^sleep did not finish within 2 s\.$"):
+    with pytest.raises(CommandTimeout, match=r"^sleep did not finish within 2 seconds\.$"):
         _executor(ssm_cast, clock).run(ssm_cast.bob_account, ["sleep", "100"], timeout=2)
     assert sum(clock.sleeps) == pytest.approx(2.0)
 
@@ -441,7 +441,7 @@ def test_execution_timed_out_on_the_instance_is_a_command_timeout(ssm_cast, aws,
     command_id = _command_id()
     _send(aws, command_id)
     _invocation(aws, command_id, "TimedOut", details="ExecutionTimedOut", code=-1)
-    with pytest.raises(CommandTimeout, match="did not finish within 30 s"):
+    with pytest.raises(CommandTimeout, match="did not finish within 30 seconds"):
         _executor(ssm_cast, clock).run(ssm_cast.bob_account, ["squeue"])
 
 

@@ -5,10 +5,17 @@
 (() => {
   const zone = Intl.DateTimeFormat().resolvedOptions().timeZone;
   if (!zone || !/^[A-Za-z0-9_+\-\/]+$/.test(zone)) return;  // IANA names need no encoding in a cookie
-  const match = document.cookie.match(/(?:^|; )clusterra_tz=([^;]*)/);
-  if (match && match[1] === zone) return;
+  const stored = () => (document.cookie.match(/(?:^|; )clusterra_tz=([^;]*)/) || [])[1];
+  if (stored() === zone) return;
   const secure = location.protocol === "https:" ? "; Secure" : "";
   document.cookie = `clusterra_tz=${zone}; path=/; max-age=31536000; SameSite=Lax${secure}`;
   const root = document.documentElement.dataset;
-  if (root.tzChosen !== "1" && root.method === "GET" && root.tz !== zone) location.reload();
+  if (root.tzChosen === "1" || root.method !== "GET" || root.tz === zone) return;
+  // Reload at most once per tab and zone, only if the cookie was kept (cookies blocked: it never would be),
+  // and not over a page that shows a message (it would be lost).
+  let tried = null;
+  try { tried = sessionStorage.getItem("clusterra_tz_reload"); } catch (e) { return; }
+  if (tried === zone || stored() !== zone || document.querySelector(".messages")) return;
+  try { sessionStorage.setItem("clusterra_tz_reload", zone); } catch (e) { return; }
+  location.reload();
 })();
