@@ -25,7 +25,6 @@ import logging
 import os
 import pwd
 import shutil
-import statistics
 import sys
 import tempfile
 import time
@@ -80,9 +79,6 @@ def make_directory(entry, count: int) -> Path:
     return directory
 
 
-def percentiles(samples):
-    samples = sorted(samples)
-    return statistics.median(samples), samples[int(0.95 * (len(samples) - 1))]
 
 
 def timed(fn, n: int, warmup: int = 3):
@@ -93,7 +89,7 @@ def timed(fn, n: int, warmup: int = 3):
         start = time.perf_counter()
         fn()
         times.append((time.perf_counter() - start) * 1000)
-    return percentiles(times)
+    return common.percentiles(times)
 
 
 def main():

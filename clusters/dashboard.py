@@ -13,6 +13,7 @@ from django.utils.formats import number_format
 
 from clusterra.durations import duration_words, slurm_duration
 from clusters.models import AccountUsage, Cluster, ClusterAccount
+from clusters.quotas import parse_tres
 from jobs import pollstate
 from jobs.models import Job
 from jobs.queries import ACTIVE_STATES, NEWEST_FIRST
@@ -47,14 +48,13 @@ FAIRSHARE_HELP = ("Slurm's fair-share factor, from 0 to 1: 0.5 means you have us
 def tres_words(value: str) -> str:
     """`cpu=16,mem=64G,gres/gpu=2` → `16 CPUs, 64G memory, 2 GPUs`."""
     parts = []
-    for item in value.split(","):
-        name, _, amount = item.partition("=")
+    for name, amount in parse_tres(value).items():
         if name == "mem":
             parts.append(f"{amount} memory" if amount[-1:].isalpha() else f"{amount}M memory")
         elif name in TRES_NAMES:
             one, many = TRES_NAMES[name]
             parts.append(f"{amount} {one if amount == '1' else many}")
-        elif name:
+        else:
             parts.append(f"{name} {amount}")
     return ", ".join(parts)
 
@@ -77,8 +77,7 @@ def limit_text(name: str, value: str) -> str:
         seconds = parse_duration(value)
         return value if seconds is None else slurm_duration(seconds)
     if name in ("MaxTRESMins", "GrpTRESMins", "GrpTRESRunMins"):
-        items = [item.partition("=") for item in value.split(",")]
-        return ", ".join(tres_minutes_words(n, amount) for n, _, amount in items if n)
+        return ", ".join(tres_minutes_words(n, amount) for n, amount in parse_tres(value).items())
     if name in ("MaxTRES", "MaxTRESPerNode", "GrpTRES"):
         return tres_words(value)
     return value
@@ -102,9 +101,8 @@ def association_view(association: dict) -> dict:
     share = association.get("fairshare") or {}
     bars = []
     used = share.get("tres_mins_used") or {}
-    for item in (limits.get("GrpTRESMins") or "").split(","):  # usage against the total resource-time limit
-        name, _, amount = item.partition("=")
-        if name and amount.isdigit() and name in used:
+    for name, amount in parse_tres(limits.get("GrpTRESMins") or "").items():  # usage against the total resource-time limit
+        if amount.isdigit() and name in used:
             spent = float(used[name])
             bars.append(Bar(f"{TRES_NAMES.get(name, (name,))[0]}-time used", spent, float(amount),
                             f"{tres_minutes_words(name, spent)} of {tres_minutes_words(name, amount)}"))
@@ -152,17 +150,12 @@ def cluster_rows(user, now: datetime) -> list[ClusterRow]:
     clusters = list(Cluster.objects.visible_to(user).select_related("tenant"))
     accounts = {a.cluster_id: a for a in ClusterAccount.objects.filter(user=user, cluster__in=[c.pk for c in clusters])
                 .select_related("usage")}
+    polls = pollstate.read_many([c for c in clusters if c.is_polled])  # one Redis round trip for all of them
     rows = []
-    conn = None
     for cluster in clusters:
-        polled = bool(cluster.poll_posix_username and cluster.poll_uid is not None)
-        poll = None
-        if polled:
-            conn = conn or pollstate.client(timeout=1)
-            poll = pollstate.read(cluster, conn)
         account = accounts.get(cluster.pk)
         usage = getattr(account, "usage", None) if account else None  # AccountUsage.DoesNotExist is an AttributeError
-        rows.append(ClusterRow(cluster, account, polled, poll, quota_view(usage, now) if account else {}))
+        rows.append(ClusterRow(cluster, account, cluster.is_polled, polls.get(cluster.pk), quota_view(usage, now) if account else {}))
     return rows
 
 

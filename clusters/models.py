@@ -58,6 +58,11 @@ class Cluster(models.Model):
     def home_directory(self, posix_username: str) -> str:
         return self.home_template.format(username=posix_username)
 
+    @property
+    def is_polled(self) -> bool:
+        """The job poller (and the quota collection) run for this cluster: it has a poll user."""
+        return bool(self.poll_posix_username and self.poll_uid is not None)
+
 
 class ClusterAccount(models.Model):
     """A user's POSIX/Slurm identity on one cluster. Only `active` accounts may open sessions.

@@ -295,20 +295,18 @@ def collect(account: ClusterAccount, executor: Executor | None = None) -> Accoun
     except ExecutorError as exc:
         errors.append(str(exc))
     else:
-        try:
-            usage.associations, problem = collect_slurm(executor, account)
+        # A part that fails keeps its last value; the row counts as collected if either part worked.
+        for field, collect_part, label in (("associations", collect_slurm, "Slurm limits (sacctmgr)"),
+                                           ("storage", collect_storage, "Storage (df, quota)")):
+            try:
+                value, problem = collect_part(executor, account)
+            except CollectError as exc:
+                errors.append(f"{label}: {exc}")
+                continue
+            setattr(usage, field, value)
             collected = True
             if problem:
                 errors.append(problem)
-        except CollectError as exc:
-            errors.append(f"Slurm limits (sacctmgr): {exc}")
-        try:
-            usage.storage, problem = collect_storage(executor, account)
-            collected = True
-            if problem:
-                errors.append(problem)
-        except CollectError as exc:
-            errors.append(f"Storage (df, quota): {exc}")
     now = timezone.now()
     usage.attempted_at = now
     if collected:

@@ -18,7 +18,7 @@ import tempfile
 import time
 
 from clusterra.durations import duration_words
-from clusters.spawn import READ_CHUNK, reap, spawn_clean
+from clusters.spawn import READ_CHUNK, reap, spawn_clean, wait_exit_code
 
 STDERR_KEPT = 8 * 1024  # the start of the command's complaint, for the message
 
@@ -61,18 +61,17 @@ class OutputStream:
         return StreamFailed(f"The head node sent nothing for {duration_words(self.idle_timeout)}; the transfer was stopped.")
 
     def _read(self) -> bytes | None:
-        """One chunk, b"" at the end, None when nothing is there yet."""
+        """One chunk, b"" at the end (the caller then calls _finish), None when nothing is there yet."""
         try:
-            data = os.read(self._out, READ_CHUNK)
+            return os.read(self._out, READ_CHUNK)
         except BlockingIOError:
             return None
-        if not data:
-            self._finish()
-        return data
 
     def _next_blocking(self) -> bytes:
         while True:
             data = self._read()
+            if data == b"":
+                self._finish()
             if data is not None:
                 return data
             left = self._wait_left()
@@ -83,6 +82,8 @@ class OutputStream:
         loop = asyncio.get_running_loop()
         while True:
             data = self._read()
+            if data == b"":
+                await asyncio.to_thread(self._finish)  # waiting for the exit status must not hold daphne's event loop
             if data is not None:
                 return data
             ready = loop.create_future()
@@ -123,7 +124,8 @@ class OutputStream:
                 os.close(pidfd)
             code = reap(self.pid)
         if code is None:
-            raise self._timed_out()
+            self.close()
+            raise StreamFailed(f"{self.argv[-1]} sent all its output but did not exit; it was stopped.")
         self.returncode = code
         if code != 0:
             message = self.error_text()
@@ -146,8 +148,7 @@ class OutputStream:
             except ProcessLookupError:
                 pass
             try:
-                _, status = os.waitpid(self.pid, 0)
-                self.returncode = os.waitstatus_to_exitcode(status)
+                self.returncode = wait_exit_code(self.pid)  # at once: SIGKILL cannot be caught
             except ChildProcessError:
                 pass
         os.close(self._out)

@@ -33,17 +33,14 @@ def collect_quota(account_id: int) -> None:
     if account is None:  # revoked or deleted since it was queued
         return
     # One collection per account at a time: four commands with their timeouts may outlast the interval.
-    lock = LOCK_KEY.format(account_id)
-    conn = pollstate.client()
-    if not conn.set(lock, "1", nx=True, ex=4 * settings.QUOTA_COMMAND_TIMEOUT + 30):
-        return
-    try:
-        quotas.collect(account)
-    except Exception:  # a bug here must not look like a quota, nor stop the other accounts' tasks
-        logger.exception("collecting the quotas of %s on %s failed", account.posix_username, account.cluster.slug)
-        record_internal_error(account)
-    finally:
-        conn.delete(lock)
+    with pollstate.running_once(pollstate.client(), LOCK_KEY.format(account_id), 4 * settings.QUOTA_COMMAND_TIMEOUT + 30) as mine:
+        if not mine:
+            return
+        try:
+            quotas.collect(account)
+        except Exception:  # a bug here must not look like a quota, nor stop the other accounts' tasks
+            logger.exception("collecting the quotas of %s on %s failed", account.posix_username, account.cluster.slug)
+            record_internal_error(account)
 
 
 def record_internal_error(account: ClusterAccount) -> None:

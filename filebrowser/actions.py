@@ -77,27 +77,19 @@ def _size(n: int) -> str:
 
 
 # --- validation at the edge -----------------------------------------------------------------------
-def roots(account: ClusterAccount) -> list[str]:
-    return allowed_roots(account)
-
-
 def _active(account: ClusterAccount | None) -> ClusterAccount:
     if account is None or account.state != ClusterAccount.State.ACTIVE:
         raise FileActionError("You have no active account on this cluster.", status=403)
     return account
 
 
-def _has_control(text: str) -> bool:
-    return any(ord(c) < 32 or ord(c) == 127 for c in text)
-
-
 def clean_path(account: ClusterAccount, raw: str | None) -> str:
     """An absolute, normalised path inside the allowed roots, without control characters (as job paths)."""
-    if raw and _has_control(raw):
+    if raw and remote.has_control(raw):
         raise FileActionError("The path contains a control character (such as a tab or a newline); "
                               "such names are not handled here. Use the terminal for them.")
     try:
-        return validation.clean_path("path", raw, roots(account))
+        return validation.clean_path("path", raw, allowed_roots(account))
     except validation.JobRequestError as exc:
         raise FileActionError(f"The path {exc.message}") from None
 
@@ -107,7 +99,7 @@ def clean_name(raw: str | None) -> str:
     name = (raw or "").strip()
     if not name:
         raise FileActionError("Give a name.")
-    if _has_control(name):
+    if remote.has_control(name):
         raise FileActionError("A name must not contain control characters (such as a tab or a newline).")
     if "/" in name or name in (".", ".."):
         raise FileActionError(f"{name!r} is not a name: no '/', and not '.' or '..'.")
@@ -118,7 +110,7 @@ def clean_name(raw: str | None) -> str:
 
 def _checked(account: ClusterAccount, requested: str, resolved: remote.Resolved) -> str:
     """The real path, if it is still inside the allowed roots (a symbolic link may lead out of them)."""
-    configured = roots(account)
+    configured = allowed_roots(account)
     if not remote.usable_name(resolved.path):
         raise FileActionError(f"{requested} leads to a path with control characters; use the terminal for it.")
     try:
@@ -144,18 +136,10 @@ def _audit(action: str, account: ClusterAccount, *, actor, client_address, **dat
 # --- reading --------------------------------------------------------------------------------------
 def browse(account: ClusterAccount, raw_path: str | None) -> remote.Listing:
     account = _active(account)
-    path = clean_path(account, raw_path or roots(account)[0])
-    listing = _remote(remote.list_directory, account, path, roots(account), max_entries=MAX_LIST_ENTRIES)
+    path = clean_path(account, raw_path or allowed_roots(account)[0])
+    listing = _remote(remote.list_directory, account, path, allowed_roots(account), max_entries=MAX_LIST_ENTRIES)
     _checked(account, path, listing.resolved)
     return listing
-
-
-def inspect(account: ClusterAccount, raw_path: str | None) -> tuple[str, remote.Entry]:
-    """The real path and entry of a file or directory (no content): what the view page starts with."""
-    account = _active(account)
-    path = clean_path(account, raw_path)
-    inspected = _remote(remote.inspect, account, path, roots(account))
-    return _checked(account, path, inspected.resolved), inspected.entry
 
 
 @dataclass(frozen=True)
@@ -191,7 +175,7 @@ def preview(account: ClusterAccount, raw_path: str | None, *, actor, client_addr
     account = _active(account)
     path = clean_path(account, raw_path)
     limit = limits(account).preview
-    inspected = _remote(remote.inspect, account, path, roots(account), read_bytes=limit + 1)
+    inspected = _remote(remote.inspect, account, path, allowed_roots(account), read_bytes=limit + 1)
     real = _checked(account, path, inspected.resolved)
     if inspected.content is None:
         return Preview(real, inspected.entry, None, False, limit)
@@ -215,7 +199,7 @@ class Download:
 def download(account: ClusterAccount, raw_path: str | None, *, actor, client_address=None) -> Download:
     account = _active(account)
     path = clean_path(account, raw_path)
-    inspected = _remote(remote.inspect, account, path, roots(account))
+    inspected = _remote(remote.inspect, account, path, allowed_roots(account))
     real = _checked(account, path, inspected.resolved)
     if not inspected.entry.is_file:
         raise FileActionError(f"{path} is not a regular file; only files can be downloaded.")
@@ -227,7 +211,7 @@ def download(account: ClusterAccount, raw_path: str | None, *, actor, client_add
     else:
         if size > limit.download:
             raise FileActionError(f"{path} is {_size(size)}, too large to download here. {limit.note}", status=413)
-        again = _remote(remote.inspect, account, real, roots(account), read_bytes=max(size, 1),
+        again = _remote(remote.inspect, account, real, allowed_roots(account), read_bytes=max(size, 1),
                         timeout=settings.FILES_TRANSFER_TIMEOUT)
         result = Download(real, len(again.content or b""), None, again.content or b"")
     _audit("file.download", account, actor=actor, client_address=client_address, path=real, bytes=result.size)
@@ -237,7 +221,7 @@ def download(account: ClusterAccount, raw_path: str | None, *, actor, client_add
 # --- writing --------------------------------------------------------------------------------------
 def _directory(account: ClusterAccount, raw_dir: str | None) -> str:
     path = clean_path(account, raw_dir)
-    inspected = _remote(remote.inspect, account, path, roots(account))
+    inspected = _remote(remote.inspect, account, path, allowed_roots(account))
     real = _checked(account, path, inspected.resolved)
     if not inspected.entry.is_dir:
         raise FileActionError(f"{path} is not a directory.")
@@ -295,7 +279,7 @@ def open_for_edit(account: ClusterAccount, raw_path: str | None, *, actor, clien
     account = _active(account)
     path = clean_path(account, raw_path)
     limit = limits(account)
-    inspected = _remote(remote.inspect, account, path, roots(account), read_bytes=limit.edit + 1)
+    inspected = _remote(remote.inspect, account, path, allowed_roots(account), read_bytes=limit.edit + 1)
     real = _checked(account, path, inspected.resolved)
     if inspected.content is None:
         raise FileActionError(f"{path} is not a regular file; only files can be edited.")
@@ -326,7 +310,7 @@ def save_edit(account: ClusterAccount, raw_path: str | None, text: str, sha256: 
     if len(data) > limit.edit:
         raise FileActionError(f"The text is {_size(len(data))}; files up to {_size(limit.edit)} can be saved here"
                               f"{_why(limit, 'CLUSTERRA_FILES_MAX_EDIT_BYTES')} Nothing was changed.", status=413)
-    inspected = _remote(remote.inspect, account, path, roots(account))
+    inspected = _remote(remote.inspect, account, path, allowed_roots(account))
     real = _checked(account, path, inspected.resolved)
     if not inspected.entry.is_file:
         raise FileActionError(f"{path} is not a regular file any more. Nothing was changed.", status=409)

@@ -161,8 +161,12 @@ class Inspected:
     content: bytes | None
 
 
+def has_control(text: str) -> bool:
+    return any(ord(c) < 32 or ord(c) == 127 for c in text)
+
+
 def usable_name(text: str) -> bool:
-    return bool(text) and not any(ord(c) < 32 or ord(c) == 127 for c in text)
+    return bool(text) and not has_control(text)
 
 
 def is_ssm(account) -> bool:

@@ -55,16 +55,9 @@ class _Context:
         return self.request.META.get("REMOTE_ADDR")
 
 
-def _context(request, tenant_slug, cluster_slug) -> _Context:
-    ctx = _Context(request, tenant_slug, cluster_slug)
-    if ctx.account is None:
-        raise actions.FileActionError("You have no active account on this cluster.", status=403)
-    return ctx
-
-
 def _crumbs(ctx: _Context, path: str) -> list[tuple[str, str]]:
     """(label, url) from the allowed root holding `path` (one crumb, the whole root) down to `path`."""
-    root = max((r.rstrip("/") or "/" for r in actions.roots(ctx.account)
+    root = max((r.rstrip("/") or "/" for r in actions.allowed_roots(ctx.account)
                 if path == r.rstrip("/") or path.startswith(r.rstrip("/") + "/") or r == "/"), key=len, default="/")
     crumbs = [(root, ctx.url("browse", root))]
     current = root
@@ -84,15 +77,18 @@ def _links(ctx: _Context, path: str, *, directory: bool) -> dict:
 
 
 def _guarded(view):
-    """Refusals become the refusal page with their status (403 no account, 404 no such file, 413 too large …)."""
+    """Reads the cluster and the account once, passes them to the view as `ctx`; refusals become the refusal
+    page with their status (403 no active account, 404 no such file, 413 too large …)."""
     @functools.wraps(view)
     def wrapper(request, tenant_slug, cluster_slug, *args, **kwargs):
+        ctx = _Context(request, tenant_slug, cluster_slug)  # another tenant's cluster: 404
+        if ctx.account is None:
+            return ctx.refused(actions.FileActionError("You have no active account on this cluster.", status=403),
+                               back=reverse("clusters:detail", args=[tenant_slug, cluster_slug]))
         try:
-            return view(request, tenant_slug, cluster_slug, *args, **kwargs)
+            return view(request, ctx, *args, **kwargs)
         except actions.FileActionError as exc:
-            ctx = _Context(request, tenant_slug, cluster_slug)
-            back = ctx.url("browse") if ctx.account else reverse("clusters:detail", args=[tenant_slug, cluster_slug])
-            return ctx.refused(exc, back=back)
+            return ctx.refused(exc, back=ctx.url("browse"))
     return wrapper
 
 
@@ -110,7 +106,7 @@ def _browse_page(ctx: _Context, raw_path: str | None, *, error: actions.FileActi
             "submit_url": _links(ctx, child, directory=False)["submit"]
             if entry.usable and entry.is_file and entry.name.endswith(SCRIPT_SUFFIXES) else None,
         })
-    places = [(r, ctx.url("browse", r)) for r in actions.roots(ctx.account)]
+    places = [(r, ctx.url("browse", r)) for r in actions.allowed_roots(ctx.account)]
     crumbs = _crumbs(ctx, path)
     return ctx.page("filebrowser/browse.html", status=status, path=path, rows=rows, listing=listing, places=places,
                     crumbs=crumbs, links=_links(ctx, path, directory=True), error=str(error) if error else "",
@@ -119,15 +115,13 @@ def _browse_page(ctx: _Context, raw_path: str | None, *, error: actions.FileActi
 
 @login_required
 @_guarded
-def browse(request, tenant_slug, cluster_slug):
-    ctx = _context(request, tenant_slug, cluster_slug)
+def browse(request, ctx: _Context):
     return _browse_page(ctx, request.GET.get("path"))
 
 
 @login_required
 @_guarded
-def view_file(request, tenant_slug, cluster_slug):
-    ctx = _context(request, tenant_slug, cluster_slug)
+def view_file(request, ctx: _Context):
     preview = actions.preview(ctx.account, request.GET.get("path"), actor=request.user, client_address=ctx.client())
     if preview.entry.is_dir:
         return redirect(ctx.url("browse", preview.path))
@@ -138,8 +132,7 @@ def view_file(request, tenant_slug, cluster_slug):
 
 @login_required
 @_guarded
-def download(request, tenant_slug, cluster_slug):
-    ctx = _context(request, tenant_slug, cluster_slug)
+def download(request, ctx: _Context):
     result = actions.download(ctx.account, request.GET.get("path"), actor=request.user, client_address=ctx.client())
     name = posixpath.basename(result.path)
     if result.stream is None:
@@ -184,8 +177,7 @@ def _declared_length(request) -> int:
 @csrf_exempt  # the upload handler must be in place before the body is read; CSRF is checked just below
 @login_required
 @_guarded
-def upload(request, tenant_slug, cluster_slug):
-    ctx = _context(request, tenant_slug, cluster_slug)
+def upload(request, ctx: _Context):
     if _declared_length(request) > ctx.limits.upload + actions.UPLOAD_FORM_HEADROOM:
         # Refused before a byte of the body is read (under daphne the ASGI handler has spooled it already;
         # nginx's client_max_body_size is what keeps it off the machine: docs/files.md).
@@ -216,8 +208,7 @@ def _upload(request, ctx: _Context, guard: _UploadLimit):
 @login_required
 @require_POST
 @_guarded
-def mkdir(request, tenant_slug, cluster_slug):
-    ctx = _context(request, tenant_slug, cluster_slug)
+def mkdir(request, ctx: _Context):
     directory = request.POST.get("path")
     try:
         path = actions.make_directory(ctx.account, directory, request.POST.get("name"), actor=request.user,
@@ -230,8 +221,7 @@ def mkdir(request, tenant_slug, cluster_slug):
 
 @login_required
 @_guarded
-def edit(request, tenant_slug, cluster_slug):
-    ctx = _context(request, tenant_slug, cluster_slug)
+def edit(request, ctx: _Context):
     if request.method != "POST":
         state = actions.open_for_edit(ctx.account, request.GET.get("path"), actor=request.user, client_address=ctx.client())
         return _edit_page(ctx, state.path, state.real_path, state.text, state.sha256, state.crlf)

@@ -81,26 +81,27 @@ def _run(account: ClusterAccount, argv: list[str], *, stdin: bytes | None = None
 
 def sync_job(account: ClusterAccount, job_id: str) -> Job | None:
     """Read one job with `scontrol show job` as the user and store what it says (submit, cancel, detail)."""
-    result = _run(account, slurm.scontrol_show_job_argv(job_id))
-    if not result.ok:
-        return None  # purged from slurmctld's memory: the cache keeps what the poller and sacct said
-    record = _record_for(slurm.parse_scontrol_show_job(result.stdout), job_id)
+    record = _scontrol_record(account, job_id)
     if record is None:
-        return None
+        return None  # purged from slurmctld's memory: the cache keeps what the poller and sacct said
     return _store(account, slurm_id(record), record)
 
 
-def _record_for(records: list[dict[str, str]], job_id: str) -> dict[str, str] | None:
-    """The exact record (a plain job or one array task); else the record whose own id was asked for
-    (sbatch of an array returns the array's id, and its pending tasks share one record)."""
+def _scontrol_record(account: ClusterAccount, job_id: str) -> dict[str, str] | None:
+    """`scontrol show job` as the user: the exact record (a plain job or one array task), else the record whose
+    own id was asked for (sbatch of an array returns the array's id, and its pending tasks share one record).
+    None once slurmctld has forgotten the job."""
+    result = _run(account, slurm.scontrol_show_job_argv(job_id))
+    if not result.ok:
+        return None
+    records = slurm.parse_scontrol_show_job(result.stdout)
     return next((r for r in records if slurm_id(r) == job_id), None) or next((r for r in records if r.get("JobId") == job_id), None)
 
 
 def read_job_request(account: ClusterAccount, job_id: str) -> SubmitRequest | None:
     """What `scontrol show job` (as the user) says a job asked for, as a request to submit it again: for
     jobs sbatch'ed outside the portal. None once slurmctld has forgotten the job."""
-    result = _run(account, slurm.scontrol_show_job_argv(job_id))
-    record = _record_for(slurm.parse_scontrol_show_job(result.stdout), job_id) if result.ok else None
+    record = _scontrol_record(account, job_id)
     return SubmitRequest(**slurm.request_fields(record)) if record else None
 
 

@@ -78,9 +78,10 @@ def _stored_options(options: dict) -> dict:
     return {name: options[name] for name in actions.OPTION_FIELDS if name in options}
 
 
-def _request_from_template(template: JobTemplate) -> actions.SubmitRequest:
-    return actions.SubmitRequest(**_stored_options(template.options), working_directory=template.working_directory or None,
-                                 script_path=template.script_path or None, script=template.script or None)
+def _stored_request(stored: JobTemplate | JobSubmission) -> actions.SubmitRequest:
+    """A saved template or a portal job's submission (the same fields) as a request."""
+    return actions.SubmitRequest(**_stored_options(stored.options), working_directory=stored.working_directory or None,
+                                 script_path=stored.script_path or None, script=stored.script or None)
 
 
 def _request_from_job(account: ClusterAccount, job: Job) -> tuple[actions.SubmitRequest, str]:
@@ -95,8 +96,7 @@ def _request_from_job(account: ClusterAccount, job: Job) -> tuple[actions.Submit
         if submission.environment_names:
             note = ("It was submitted with the environment variables " + ", ".join(submission.environment_names)
                     + "; their values are not kept, so set them in the script.")
-        return actions.SubmitRequest(**_stored_options(submission.options), working_directory=submission.working_directory or None,
-                                     script_path=submission.script_path or None, script=submission.script or None), note
+        return _stored_request(submission), note
     try:
         from_slurm = actions.read_job_request(account, job.job_id)
     except (actions.JobActionError, slurm.SlurmUnavailable) as exc:
@@ -117,7 +117,7 @@ def _request_from_job(account: ClusterAccount, job: Job) -> tuple[actions.Submit
 
 
 # --- pages -------------------------------------------------------------------------------------------
-def _page(request, cluster, account, form, *, partitions, status=200, note=""):
+def _page(request, cluster, account, form, *, partitions, status=200, note="", starters=None):
     templates = list(JobTemplate.objects.visible_to(request.user).filter(cluster=cluster, owner=request.user))
     for template in templates:  # as Slurm writes it: "5" (minutes) is shown as 5:00
         asked = template.options.get("time_limit") or ""
@@ -125,7 +125,7 @@ def _page(request, cluster, account, form, *, partitions, status=200, note=""):
         template.time_limit_text = slurm_duration(seconds) if seconds is not None else asked
     return render(request, "jobs/submit.html", {
         "cluster": cluster, "tenant": cluster.tenant, "account": account, "form": form, "partitions": partitions,
-        "starters": starter_scripts(partitions), "templates": templates, "note": note,
+        "starters": starters or starter_scripts(partitions), "templates": templates, "note": note,
     }, status=status)
 
 
@@ -137,7 +137,7 @@ def _initial(request, cluster, account, partitions) -> tuple[dict, str]:
         if not pk.isdigit():
             raise Http404("No such template.")
         template = _own_template(request, cluster, pk)
-        return SubmitForm.initial_from(_request_from_template(template)), f"From your template “{template.name}”."
+        return SubmitForm.initial_from(_stored_request(template)), f"From your template “{template.name}”."
     if "from_job" in request.GET:
         job = _own_job(request, account, request.GET["from_job"])
         submit_request, note = _request_from_job(account, job)
@@ -154,10 +154,11 @@ def submit(request, tenant_slug, cluster_slug):
     partitions = list(Partition.objects.filter(cluster=cluster))
     if request.method != "POST":
         initial, note = _initial(request, cluster, account, partitions)
+        starters = starter_scripts(partitions)
         if not initial.get("script"):  # the editor starts with the chosen partition's starter script
-            starters = starter_scripts(partitions)
             initial["script"] = starters.get(initial.get("partition") or "", starters[""])
-        return _page(request, cluster, account, SubmitForm(initial=initial, partitions=partitions), partitions=partitions, note=note)
+        return _page(request, cluster, account, SubmitForm(initial=initial, partitions=partitions), partitions=partitions,
+                     note=note, starters=starters)
     form = SubmitForm(request.POST, partitions=partitions)
     status = 200
     if form.is_valid():

@@ -10,8 +10,10 @@ failure of an outage is logged as a warning, the rest only at debug; the first g
 the recovery. Readers (pages, API) get None when Redis does not answer: the state is advisory.
 """
 
+import contextlib
 import logging
 import time
+import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -95,14 +97,32 @@ def record_success(cluster, conn: redis.Redis | None = None) -> None:
 
 def read(cluster, conn: redis.Redis | None = None) -> PollState | None:
     """The cluster's poll state, or None if it was never polled or Redis does not answer (within 1 s)."""
+    return read_many([cluster], conn).get(cluster.pk)
+
+
+def read_many(clusters, conn: redis.Redis | None = None) -> dict[int, PollState]:
+    """The poll states of several clusters in one round trip, by cluster id (absent: never polled); {} if Redis
+    does not answer within 1 s (a page waits that long once, not once per cluster)."""
+    if not clusters:
+        return {}
     try:
         conn = conn or client(timeout=1)
         pipe = conn.pipeline(transaction=False)
-        pipe.hgetall(STATE_KEY.format(cluster.pk))
-        pipe.ttl(DUE_KEY.format(cluster.pk))
-        raw, ttl = pipe.execute()
+        for cluster in clusters:
+            pipe.hgetall(STATE_KEY.format(cluster.pk))
+            pipe.ttl(DUE_KEY.format(cluster.pk))
+        replies = pipe.execute()
     except redis.RedisError:
-        return None
+        return {}
+    states = {}
+    for cluster, raw, ttl in zip(clusters, replies[::2], replies[1::2], strict=True):
+        state = _state(raw, ttl)
+        if state is not None:
+            states[cluster.pk] = state
+    return states
+
+
+def _state(raw: dict, ttl: int) -> PollState | None:
     if not raw:
         return None
     raw = {k.decode(): v.decode() for k, v in raw.items()}
@@ -110,3 +130,20 @@ def read(cluster, conn: redis.Redis | None = None) -> PollState | None:
     return PollState(ok_at=_when(raw.get("ok_at")), error=raw.get("error", ""), error_at=_when(raw.get("error_at")),
                      failures=failures, down_since=_when(raw.get("down_since")),
                      retry_in=ttl if failures and ttl and ttl > 0 else None)
+
+
+# Deletes the key only if it still holds our token: after its TTL ran out another worker may hold it now.
+_RELEASE = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0"
+
+
+@contextlib.contextmanager
+def running_once(conn: redis.Redis, key: str, ttl: int):
+    """Yields True for one holder of `key` at a time across every worker (False: someone else runs it), for at
+    most `ttl` seconds; released at the end of the block. For the poller and the quota collection."""
+    token = uuid.uuid4().hex
+    held = bool(conn.set(key, token, nx=True, ex=ttl))
+    try:
+        yield held
+    finally:
+        if held:
+            conn.eval(_RELEASE, 1, key, token)

@@ -46,13 +46,9 @@ def poll_cluster(cluster_id: int) -> None:
     conn = _redis()
     # One poll of a cluster at a time: while slurmctld is down each Slurm command takes ~10 s, longer
     # than a short interval, and the polls beat queued meanwhile would pile up behind it.
-    running = f"clusterra:poll-running:{cluster.pk}"
-    if not conn.set(running, "1", nx=True, ex=POLL_TIMEOUT + 30):
-        return
-    try:
-        _poll(cluster, conn)
-    finally:
-        conn.delete(running)
+    with pollstate.running_once(conn, f"clusterra:poll-running:{cluster.pk}", POLL_TIMEOUT + 30) as mine:
+        if mine:
+            _poll(cluster, conn)
 
 
 def _poll(cluster: Cluster, conn) -> None:

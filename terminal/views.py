@@ -53,11 +53,13 @@ def _reattachable_session(request, cluster) -> TerminalSession | None:
         session_id = uuid.UUID(raw)
     except ValueError:
         session_id = None
-    session = session_id and (TerminalSession.objects.filter(pk=session_id, user=request.user, cluster=cluster,
-                                                             ended_at__isnull=True).select_related("owner").first())
-    if not session:
+    session = None
+    if session_id is not None:
+        session = (TerminalSession.objects.filter(pk=session_id, user=request.user, cluster=cluster, ended_at__isnull=True)
+                   .select_related("owner").first())
+    if session is None:
         messages.info(request, "That terminal session has ended; this is a new one.")
-    return session or None
+    return session
 
 
 def _administered_tenant(request, tenant_slug) -> Tenant:

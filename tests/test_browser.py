@@ -143,12 +143,19 @@ def test_stopping_the_server_ends_a_detached_session(cast, bob_posix, live_daphn
     assert session_pids(sid) == []
 
 
-def open_terminal_as_bob(page, base_url: str, *, path="/t/acme/c/hpc/terminal/", email="bob@acme.test", password=PASSWORD):
-    """Sign in on the login page and wait until the terminal is connected and focused."""
-    page.goto(f"{base_url}/accounts/login/?next={path}")
+def sign_in(page, base_url: str, path: str, *, email="bob@acme.test", password=PASSWORD):
+    """Sign in on the login page and wait for the redirect to `path` (its ?next=); the login page's response."""
+    response = page.goto(f"{base_url}/accounts/login/?next={path}")
     page.fill("input[name=username]", email)
     page.fill("input[name=password]", password)
-    page.click("button[type=submit]")
+    with page.expect_navigation():
+        page.click("button[type=submit]")
+    return response
+
+
+def open_terminal_as_bob(page, base_url: str, *, path="/t/acme/c/hpc/terminal/", email="bob@acme.test", password=PASSWORD):
+    """Sign in on the login page and wait until the terminal is connected and focused."""
+    sign_in(page, base_url, path, email=email, password=password)
     page.wait_for_function("window.clusterraTerminal && window.clusterraTerminal.state === 'connected'", timeout=15000)
     page.locator(".xterm").click()
 

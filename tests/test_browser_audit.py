@@ -8,10 +8,10 @@ keeps the position, and the recording is fetched (and audited) once.
 import pytest
 
 from audit.models import AuditEvent
-from tests.conftest import PASSWORD, run_daphne
+from tests.conftest import run_daphne
 from tests.test_audit_views import recorded_session, shell
-from tests.test_browser import _in_thread, chromium_page
-from tests.test_browser_csp import _COLLECT_VIOLATIONS, _until
+from tests.test_browser import _in_thread, chromium_page, sign_in
+from tests.test_browser_csp import _until, watch_console
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -23,16 +23,8 @@ def test_a_hit_opens_playback_at_that_moment(cast, transactional_db, tmp_path, s
     events = [(1.0, "early-line\r\n"), *shell("echo needle-browser", "needle-browser", at=83.0), (110.0, "late-line\r\n")]
     session = recorded_session(cast.bob, "acme", events)
     with run_daphne(tmp_path, settings) as base, chromium_page(bypass_csp=False) as page:
-        console: list[str] = []
-        page.console_lines = console
-        page.on("console", lambda m: console.append(f"{m.type}: {m.text}"))
-        page.on("pageerror", lambda e: console.append(f"pageerror: {e}"))
-        page.add_init_script(_COLLECT_VIOLATIONS)
-        page.goto(f"{base}/accounts/login/?next=/t/acme/audit/sessions/%3Fq%3Dneedle-browser")
-        page.fill("input[name=username]", "bob@acme.test")
-        page.fill("input[name=password]", PASSWORD)
-        with page.expect_navigation():
-            page.click("button[type=submit]")
+        console = watch_console(page)
+        sign_in(page, base, "/t/acme/audit/sessions/%3Fq%3Dneedle-browser")
         assert page.locator(".hit-text mark").first.inner_text() == "needle-browser"
         with page.expect_navigation() as navigation:
             page.locator("a.hit-at").first.click()

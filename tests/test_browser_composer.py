@@ -11,9 +11,8 @@ import pytest
 from jobs import validation
 from jobs.models import Job, JobSubmission, JobTemplate
 from jobs.services import refresh_partitions
-from tests.conftest import PASSWORD
-from tests.test_browser import _in_thread, chromium_page
-from tests.test_browser_csp import _COLLECT_VIOLATIONS, _until
+from tests.test_browser import _in_thread, chromium_page, sign_in
+from tests.test_browser_csp import _until, watch_console
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow, pytest.mark.slurm]
 
@@ -30,16 +29,8 @@ def test_compose_save_template_submit_and_resubmit(slurm_cast, live_daphne, tmp_
     c = slurm_cast
     refresh_partitions(c.hpc)  # the cached partitions the picker offers: debug (default, 2:00:00) and batch
     with chromium_page(bypass_csp=False) as page:
-        console: list[str] = []
-        page.console_lines = console
-        page.on("console", lambda m: console.append(f"{m.type}: {m.text}"))
-        page.on("pageerror", lambda e: console.append(f"pageerror: {e}"))
-        page.add_init_script(_COLLECT_VIOLATIONS)
-        page.goto(f"{live_daphne}/accounts/login/?next={SUBMIT}")
-        page.fill("input[name=username]", "bob@acme.test")
-        page.fill("input[name=password]", PASSWORD)
-        with page.expect_navigation():
-            page.click("button[type=submit]")
+        console = watch_console(page)
+        sign_in(page, live_daphne, SUBMIT)
 
         for width, height in ((1200, 800), (390, 844)):
             page.set_viewport_size({"width": width, "height": height})

@@ -15,12 +15,22 @@ from audit.models import AuditEvent
 from clusters.models import ClusterAccount
 from jobs.actions import SubmitRequest, submit_job
 from jobs.models import Job
-from tests.conftest import PASSWORD
-from tests.test_browser import _in_thread, bob_posix, chromium_page  # noqa: F401 (bob_posix is a fixture)
+from tests.test_browser import _in_thread, bob_posix, chromium_page, sign_in  # noqa: F401 (bob_posix is a fixture)
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow, pytest.mark.slurm]
 
 # Runs before any page script: every violation the browser reports, enforced or report-only.
+def watch_console(page) -> list[str]:
+    """The page's console lines and errors, as they come (also page.console_lines, for _until's failure message),
+    and every Content-Security-Policy violation in window.__csp."""
+    console: list[str] = []
+    page.console_lines = console
+    page.on("console", lambda m: console.append(f"{m.type}: {m.text}"))
+    page.on("pageerror", lambda e: console.append(f"pageerror: {e}"))
+    page.add_init_script(_COLLECT_VIOLATIONS)
+    return console
+
+
 _COLLECT_VIOLATIONS = """
 window.__csp = [];
 document.addEventListener("securitypolicyviolation", (e) => window.__csp.push(
@@ -63,11 +73,7 @@ def _whoami(page, user: str):
 def test_terminal_jobs_and_api_docs_under_the_policy(cast, bob_posix, live_slurm, live_daphne, strict_page):  # noqa: F811
     page = strict_page
     seen: list[tuple[str, list[dict]]] = []
-    console: list[str] = []
-    page.console_lines = console  # for _until's failure message
-    page.on("console", lambda m: console.append(f"{m.type}: {m.text}"))
-    page.on("pageerror", lambda e: console.append(f"pageerror: {e}"))
-    page.add_init_script(_COLLECT_VIOLATIONS)
+    console = watch_console(page)
 
     def visited(name: str):
         seen.append((name, page.evaluate("() => window.__csp")))
@@ -78,11 +84,7 @@ def test_terminal_jobs_and_api_docs_under_the_policy(cast, bob_posix, live_slurm
         return policy
 
     # Sign-in, then the terminal with the default renderer: WebGL (Chromium's software GL here).
-    header(page.goto(f"{live_daphne}/accounts/login/?next=/t/acme/c/hpc/terminal/"))
-    page.fill("input[name=username]", "bob@acme.test")
-    page.fill("input[name=password]", PASSWORD)
-    with page.expect_navigation():
-        page.click("button[type=submit]")
+    header(sign_in(page, live_daphne, "/t/acme/c/hpc/terminal/"))
     _connected(page)
     assert page.evaluate("() => !!document.querySelector('.xterm-screen canvas')"), "the WebGL renderer is not in use"
     _whoami(page, bob_posix.pw_name)

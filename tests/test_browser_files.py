@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import PASSWORD, _ensure_posix_user
-from tests.test_browser import CHROMIUM
+from tests.conftest import _ensure_posix_user
+from tests.test_browser import CHROMIUM, sign_in
 from tests.test_filebrowser import files  # noqa: F401 (fixture: a work directory in the user's home, a shared root)
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
@@ -31,14 +31,6 @@ def files_page(request):
         browser.close()
 
 
-def _sign_in(page, base: str, path: str):
-    page.goto(f"{base}/accounts/login/?next={path}")
-    page.fill("input[name=username]", "bob@acme.test")
-    page.fill("input[name=password]", PASSWORD)
-    page.click("button[type=submit]")
-    page.wait_for_url(f"{base}{path}*")
-
-
 def _no_horizontal_overflow(page):
     width = page.evaluate("() => [document.documentElement.scrollWidth, window.innerWidth]")
     assert width[0] <= width[1], f"the page is {width[0]} px wide in a {width[1]} px viewport"
@@ -54,7 +46,7 @@ def test_upload_edit_download_and_refusal(files, live_daphne, files_page, tmp_pa
     long_name = "a-rather-long-result-file-name-from-a-parameter-sweep-" + "x" * 40 + ".csv"
     files.file(long_name, "1,2,3\n")
     listing = f"/t/acme/c/hpc/files/?path={files.work}"
-    _sign_in(page, live_daphne, listing)
+    sign_in(page, live_daphne, listing)
     page.locator("table.fb-table").get_by_role("link", name=long_name).wait_for()
     _no_horizontal_overflow(page)
 

@@ -9,8 +9,7 @@ from django.utils import timezone
 
 from clusters.models import ClusterAccount
 from jobs.models import Job
-from tests.conftest import PASSWORD
-from tests.test_browser import chromium_page
+from tests.test_browser import chromium_page, sign_in
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -43,10 +42,7 @@ def test_job_list_and_detail_fit_and_read_like_slurm(live_daphne, jobs_in_cache,
         page.context.clear_cookies()
         page.set_viewport_size({"width": width, "height": height})
         page.emulate_media(color_scheme="light")
-        page.goto(f"{live_daphne}/accounts/login/?next=/t/acme/c/hpc/jobs/")
-        page.fill("input[name=username]", "bob@acme.test")
-        page.fill("input[name=password]", PASSWORD)
-        page.click("button[type=submit]")
+        sign_in(page, live_daphne, "/t/acme/c/hpc/jobs/")
         page.wait_for_selector("table.jobs")
         # timezone.js tells the server the browser's zone and reloads once; the footer names the zone used.
         page.wait_for_selector("footer.page-footer:has-text('Times in Europe/Berlin')")

@@ -267,9 +267,9 @@ def _sbatch_in_terminal(account, script_path: str | None, script: str, **options
 
 
 def _scontrol(account, job_id: str) -> dict[str, str]:
-    result = LocalExecutor().run(account, slurm.scontrol_show_job_argv(job_id), env=slurm.SLURM_ENV, timeout=30)
-    assert result.ok, result.error_text()
-    return actions._record_for(slurm.parse_scontrol_show_job(result.stdout), job_id)
+    record = actions._scontrol_record(account, job_id)
+    assert record is not None, f"scontrol does not know job {job_id}"
+    return record
 
 
 def _open_composer(client, c) -> Form:

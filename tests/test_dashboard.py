@@ -8,7 +8,7 @@ import asyncio
 import os
 import secrets
 import subprocess
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 
 import pytest
 from django.test import Client
@@ -432,15 +432,19 @@ def test_the_terminal_page_reattaches_only_to_ones_own_live_session(world):
 def test_the_poller_state_reads_up_or_not_answering(world, monkeypatch):
     world.hpc.poll_posix_username, world.hpc.poll_uid = "clusterra-poll", 1002
     world.hpc.save()
-    since = datetime(2026, 3, 1, 8, 30, tzinfo=UTC)
-    failing = dashboard.pollstate.PollState(ok_at=since, error="Slurm on hpc is not answering", error_at=since,
-                                            failures=3, down_since=since, retry_in=40)
-    monkeypatch.setattr(dashboard.pollstate, "read", lambda cluster, conn=None: failing)
-    page = signed_in(world.bob).get("/").content.decode()
-    assert "Slurm not answering since" in page and "2026-03-01 08:30" in page
-    up = dashboard.pollstate.PollState(ok_at=timezone.now(), error="", error_at=None, failures=0, down_since=None, retry_in=None)
-    monkeypatch.setattr(dashboard.pollstate, "read", lambda cluster, conn=None: up)
-    assert ">up<" in signed_in(world.bob).get("/").content.decode()
+    # The poller's real state in Redis (jobs/pollstate.py), as the poller writes it.
+    conn = dashboard.pollstate.client()
+    keys = [dashboard.pollstate.STATE_KEY.format(world.hpc.pk), dashboard.pollstate.DUE_KEY.format(world.hpc.pk)]
+    conn.delete(*keys)
+    try:
+        for _ in range(3):
+            dashboard.pollstate.record_failure(world.hpc, "Slurm on hpc is not answering", conn)
+        page = signed_in(world.bob).get("/").content.decode()
+        assert "Slurm not answering since" in page and timezone.now().strftime("%Y-%m-%d") in page
+        dashboard.pollstate.record_success(world.hpc, conn)
+        assert ">up<" in signed_in(world.bob).get("/").content.decode()
+    finally:
+        conn.delete(*keys)
 
 
 # --- the real detach: a terminal whose socket closes ------------------------------------------------------

@@ -84,3 +84,18 @@ def test_an_outage_is_logged_once_backs_off_and_recovers(conn, caplog):
 def test_state_readers_do_not_fail_when_redis_is_away(settings):
     settings.POLL_LOCK_REDIS_URL = "redis://127.0.0.1:1/0"  # nothing listens there
     assert pollstate.read(FakeCluster(990002)) is None
+
+
+def test_running_once_is_held_by_one_and_never_releases_someone_elses(conn):
+    key = "clusterra:test-running-once"
+    conn.delete(key)
+    with pollstate.running_once(conn, key, 30) as first:
+        with pollstate.running_once(conn, key, 30) as second:
+            assert (first, second) == (True, False)
+        assert conn.exists(key)  # the one that did not get it does not release it
+    assert not conn.exists(key)
+    with pollstate.running_once(conn, key, 30) as slow:
+        assert slow
+        conn.set(key, "another worker's token", ex=30)  # our TTL ran out and another worker took it
+    assert conn.get(key) == b"another worker's token"  # ours is released, theirs stays
+    conn.delete(key)

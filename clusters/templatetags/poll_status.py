@@ -9,5 +9,5 @@ register = template.Library()
 
 @register.inclusion_tag("clusters/_poll_status.html")
 def poll_status(cluster):
-    polled = bool(cluster.poll_posix_username and cluster.poll_uid is not None)
+    polled = cluster.is_polled
     return {"cluster": cluster, "polled": polled, "poll_state": pollstate.read(cluster) if polled else None}
